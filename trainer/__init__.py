@@ -1,0 +1,1 @@
+"""The off-board trainer: replay, offline pretraining, online fine-tuning, ONNX export."""
