@@ -80,8 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_dds(args: argparse.Namespace) -> int:
-    from robot_node.ros.dds import DdsPort  # imported here: rclpy systems need not have cyclonedds
     from robot_node.ros.param_file import ParamError, parse_override
+
+    try:
+        from robot_node.ros.dds import DdsPort  # imported here: rclpy systems need not have cyclonedds
+    except ImportError as exc:
+        print(f"o2o-robot: the DDS adapter is unavailable ({exc}); it needs Python >= 3.11, "
+              "else run under ROS 2 with --adapter rclpy", file=sys.stderr)
+        return 2
 
     try:
         overrides = dict(parse_override(text) for text in args.overrides)

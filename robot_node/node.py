@@ -17,10 +17,11 @@ from robot_node.link_interface import TrainerLink
 from robot_node.params import PARAM_SPECS, NodeParams
 from robot_node.policy import load_policy_file
 from robot_node.ros import messages as msg
-from robot_node.ros.port import DEFAULT, LATCHED, SENSOR_DATA, Handle, Logger, Port, Qos
+from robot_node.ros.port import DEFAULT, LATCHED, Handle, Logger, Port, Qos
 
 NODE_NAME = "policy_node"
 COMMAND_QOS = Qos(reliable=True, depth=1)  # a controller wants the newest command, reliably
+NEWEST_ONLY = Qos(reliable=False, depth=1)  # sensor data of which only the newest sample matters
 
 LinkFactory = Callable[[NodeParams, Logger], TrainerLink]
 
@@ -63,12 +64,13 @@ class PolicyNode:
             command,
             reset,
             diagnostics,
-            subscribe(msg.Image, params.image_topic, SENSOR_DATA, loop.on_image),
-            subscribe(msg.JointState, params.joint_state_topic, SENSOR_DATA, loop.on_joint_state),
-            subscribe(msg.PointStamped, params.ee_position_topic, SENSOR_DATA, loop.on_ee_position),
+            subscribe(msg.Bool, params.estop_topic, LATCHED, loop.on_estop),
+            subscribe(msg.JointState, params.joint_state_topic, NEWEST_ONLY, loop.on_joint_state),
+            subscribe(msg.PointStamped, params.ee_position_topic, NEWEST_ONLY, loop.on_ee_position),
             subscribe(msg.Float32, params.reward_topic, DEFAULT, loop.on_reward),
             subscribe(msg.Empty, params.ready_topic, DEFAULT, loop.on_ready),
-            subscribe(msg.Bool, params.estop_topic, LATCHED, loop.on_estop),
+            # Last, so that inputs arriving together are stored before an image-triggered tick.
+            subscribe(msg.Image, params.image_topic, NEWEST_ONLY, loop.on_image),
             self.port.create_timer(
                 1.0 / params.diagnostics_rate_hz, lambda: diagnostics.publish(self.diagnostics())
             ),

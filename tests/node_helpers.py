@@ -10,6 +10,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -215,3 +216,63 @@ def image_msg(value: int | np.ndarray, size: int = 64, encoding: str = "rgb8"):
     pixels = value if isinstance(value, np.ndarray) else np.full((size, size, 3), value, np.uint8)
     h, w, _ = pixels.shape
     return Image(h, w, encoding, 3 * w, pixels.tobytes(), stamp=time.time())
+
+
+class FakeRobot:
+    """The world the node talks to, over real DDS: a camera and joint encoders publishing at a
+    rate, a reset service answering episode/reset with episode/ready, and recorders for the
+    node's commands and diagnostics."""
+
+    def __init__(self, domain_id: int, rate_hz: float = 30.0, pixel: int = 100, size: int = 64) -> None:
+        from robot_node.ros import messages as m
+        from robot_node.ros import port
+        from robot_node.ros.dds import DdsPort
+
+        self.port = DdsPort("fake_robot", domain_id=domain_id)
+        self.rate_hz, self.pixel, self.size = rate_hz, pixel, size
+        self.commands: list[tuple[float, list[float]]] = []
+        self.diagnostics: list = []
+        self.camera = self.port.create_publisher(m.Image, "camera/image_raw", port.SENSOR_DATA)
+        self.joints = self.port.create_publisher(m.JointState, "joint_states", port.SENSOR_DATA)
+        self.ready = self.port.create_publisher(m.Empty, "episode/ready", port.DEFAULT)
+        self.estop = self.port.create_publisher(m.Bool, "estop", port.LATCHED)
+        self.port.create_subscription(
+            m.Float64MultiArray, "command", port.DEFAULT, lambda c: self.commands.append((time.monotonic(), c.data))
+        )
+        self.port.create_subscription(m.DiagnosticArray, "/diagnostics", port.DEFAULT, self.diagnostics.append)
+        self.port.create_subscription(m.Empty, "episode/reset", port.DEFAULT, lambda _: self.ready.publish(m.Empty()))
+        self.publishing = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._publish_loop, daemon=True)
+
+    def start(self) -> FakeRobot:
+        self.port.spin_in_background()
+        self.publishing.set()
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
+        self.port.shutdown()
+
+    def publish_observation(self) -> None:
+        from robot_node.ros import messages as m
+
+        self.joints.publish(m.JointState(["joint_b", "joint_a"], [0.2, 0.1], stamp=time.time()))
+        self.camera.publish(image_msg(self.pixel, self.size))
+
+    def status(self, suffix: str):
+        """The newest DiagnosticStatus whose name ends with `suffix`, or None."""
+        for array in reversed(self.diagnostics):
+            for status in array.status:
+                if status.name.endswith(suffix):
+                    return status
+        return None
+
+    def _publish_loop(self) -> None:
+        period = 1.0 / self.rate_hz
+        while not self._stop.wait(period):
+            if self.publishing.is_set():
+                self.publish_observation()
