@@ -203,9 +203,13 @@ class ControlLoop:
 
     def _act(self, observation: Observation, now: float) -> None:
         start = time.perf_counter()
-        out = self.runner.infer(observation.image, observation.state)
+        try:
+            out = self.runner.infer(observation.image, observation.state)
+            proposed = out.sample(self.rng) if self.params.explore else out.action
+        except Exception as exc:  # a model failing at run time is treated like a NaN output: hold
+            self._log.warning("inference_errors", f"policy v{self.runner.version} failed: {exc!r}")
+            proposed = np.full(self.action_spec.dim, np.nan)
         self.inference_ms.append((time.perf_counter() - start) * 1e3)
-        proposed = out.sample(self.rng) if self.params.explore else out.action
         action, events = self.safety.apply(proposed, self._fresh(self._ee_position, now))
         self.counters.update(events)
         if NONFINITE in events:
@@ -258,6 +262,9 @@ class ControlLoop:
             if age > limit:
                 return f"newest {name} is {age:.2f} s old (limit {limit:.2f} s)"
         return None
+
+    def image_age(self) -> float | None:
+        return None if self._image is None else self.clock() - self._image.arrival
 
     def _observation(self) -> Observation | None:
         """The newest inputs as the policy sees them; preprocessing happens here, once per tick."""

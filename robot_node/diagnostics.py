@@ -36,6 +36,7 @@ def build_statuses(node_name: str, loop: ControlLoop, link: LinkStatus) -> list[
             "trigger": loop.params.trigger,
             "inference_ms_p50": _percentile(loop.inference_ms, 50),
             "inference_ms_p99": _percentile(loop.inference_ms, 99),
+            "image_age_s": "none" if loop.image_age() is None else f"{loop.image_age():.3f}",
             "estop": str(loop.estop).lower(),
             **{
                 key: str(c[key])

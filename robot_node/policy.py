@@ -132,6 +132,10 @@ def _session(data: bytes, threads: int) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # onnxruntime's own warnings would flood the node's log
+    # Idle worker threads sleep instead of spinning: on a robot computer shared with drivers and
+    # controllers, spinning threads steal the cores the next tick needs (p99 latency roughly
+    # halves under load in bench/node.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated types for a bad graph

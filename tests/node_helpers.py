@@ -158,6 +158,18 @@ def weights(onnx_bytes: bytes, version: int, obs: ObservationSpec = OBS) -> Poli
     return PolicyWeights.from_onnx(onnx_bytes, version=version, train_step=10 * version, observation_spec=obs, action_spec=ACT)
 
 
+class ListLogger:
+    """A Logger (robot_node.ros.port) that keeps every line."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def debug(self, message: str) -> None:
+        self.lines.append(message)
+
+    info = warning = error = debug
+
+
 # --- DDS on loopback ------------------------------------------------------------------------
 
 _domains = itertools.count()

@@ -3,8 +3,7 @@ staleness, e-stop, episodes and transitions, NaN handling, bad input, hot swap, 
 
 import numpy as np
 import pytest
-from node_helpers import OBS, constant_model, image_msg, wait_until, weights
-from test_node_policy import ListLogger
+from node_helpers import OBS, ListLogger, constant_model, image_msg, weights
 
 from robot_node.control import ERROR, ESTOP, RUNNING, STALE, WAITING, ControlLoop
 from robot_node.diagnostics import build_statuses
@@ -243,3 +242,32 @@ def test_deactivate_truncates_and_holds(tmp_path):
     assert rig.link.drain()[-1].truncated and rig.commands[-1] == pytest.approx([0.0, 0.0, 0.0, 0.5])
     rig.step()
     assert rig.commands[-1] == pytest.approx([0.0, 0.0, 0.0, 0.5])  # inactive: no more acting
+
+
+def test_episode_tracker_counts_what_it_cannot_credit():
+    from robot_node.episodes import EpisodeTracker, Observation
+
+    tracker = EpisodeTracker("arm", max_steps=10, success_reward=1.0, terminate_on_success=False)
+    assert not tracker.add_reward(1.0)  # no step taken yet
+    tracker.start()
+    obs = Observation(np.zeros((2, 2, 3), np.uint8), np.zeros(0, np.float32), 1.0)
+    tracker.act(obs, np.zeros(4, np.float32), policy_version=3)
+    assert not tracker.add_reward(float("inf"))
+    assert tracker.add_reward(1.0) and tracker.add_reward(2.0)
+    step0 = tracker.observe(obs)
+    tracker.act(obs, np.zeros(4, np.float32), policy_version=3)
+    tracker.add_reward(1.0)
+    step1 = tracker.observe(obs)
+    assert (step0.reward, step0.terminal, step1.terminal) == (3.0, False, False)  # success need not end it
+    assert tracker.running and tracker.counters["successes"] == 1  # one successful episode, not two steps
+    assert tracker.counters["rewards_outside_episode"] == 1 and tracker.counters["bad_rewards"] == 1
+
+
+def test_diagnostics_report_staleness_and_inference_latency(tmp_path):
+    rig = Rig(tmp_path, require_ready=False)
+    rig.step()
+    rig.step()
+    rig.now += 0.05
+    control = build_statuses("policy_node", rig.loop, rig.link.status())[0]
+    assert control.values["image_age_s"] == "0.050"
+    assert float(control.values["inference_ms_p50"]) > 0 and control.values["mode"] == "running"

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from node_helpers import ACT, OBS, ConstantPolicy, constant_model, export_policy, wait_until, weights
+from node_helpers import ACT, OBS, ConstantPolicy, ListLogger, constant_model, export_policy, wait_until, weights
 
 from robot_node.hotswap import ModelSwapper
 from robot_node.policy import ModelRejected, PolicyOutput, load_policy, load_policy_file
@@ -154,16 +154,6 @@ def test_model_file_errors_name_the_problem(tmp_path):
 
 
 # --- background loading ---------------------------------------------------------------------
-
-
-class ListLogger:
-    def __init__(self):
-        self.lines = []
-
-    def debug(self, message):
-        self.lines.append(message)
-
-    info = warning = error = debug
 
 
 def test_swapper_hands_over_a_checked_model_and_refuses_a_bad_one():
