@@ -283,7 +283,7 @@ class DdsPort:
     # Spinning ------------------------------------------------------------------------------
 
     def spin(self) -> None:
-        """Run callbacks on the calling thread until `shutdown()`."""
+        """Run callbacks on the calling thread until `stop()` or `shutdown()`."""
         while not self._stop.is_set():
             self.spin_once(self._next_timeout())
 
@@ -310,7 +310,8 @@ class DdsPort:
         self._wakeup.set(True)
 
     def shutdown(self) -> None:
-        """Stop spinning and drop every DDS entity this port made."""
+        """Stop spinning and drop the port's topics, readers, writers and timers (the participant
+        goes when the port does)."""
         self.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)
