@@ -101,7 +101,6 @@ def collect(
     """Collect `config.episodes` episodes into a new dataset directory `out`."""
     config.validate()
     task = TASKS[config.task]
-    env = gym.make(task.env_id, image_size=config.image_size)
     meta = {
         "collector": collector,
         **asdict(config),
@@ -109,26 +108,25 @@ def collect(
         "control": asdict(ControlConfig()),
         "mujoco": mujoco.__version__,
     }
-    unwrapped = env.unwrapped
-    writer = DatasetWriter(
-        out,
-        task=task.name,
-        env_id=task.env_id,
-        observation_spec=unwrapped.observation_spec,
-        action_spec=unwrapped.action_spec,
-        max_episode_steps=task.max_episode_steps,
-        meta=meta,
-    )
-    successes = 0
-    bar = tqdm(config.plan(), desc=f"collect {task.name}", unit="ep", disable=not progress)
+    env = gym.make(task.env_id, image_size=config.image_size)
     try:
-        for i, (source, seed) in enumerate(bar, start=1):
-            episode, success = rollout(env, seed, make_actor(task.name, source, seed))
-            writer.add(episode, source=source, success=success, seed=seed)
-            successes += success
-            bar.set_postfix(success=f"{successes / i:.2f}")
+        writer = DatasetWriter(
+            out,
+            task=task.name,
+            env_id=task.env_id,
+            observation_spec=env.unwrapped.observation_spec,
+            action_spec=env.unwrapped.action_spec,
+            max_episode_steps=task.max_episode_steps,
+            meta=meta,
+        )
+        successes = 0
+        with tqdm(config.plan(), desc=f"collect {task.name}", unit="ep", disable=not progress) as bar:
+            for i, (source, seed) in enumerate(bar, start=1):
+                episode, success = rollout(env, seed, make_actor(task.name, source, seed))
+                writer.add(episode, source=source, success=success, seed=seed)
+                successes += success
+                bar.set_postfix(success=f"{successes / i:.2f}")
     finally:
-        bar.close()
         env.close()
     return writer.dataset
 

@@ -7,6 +7,7 @@ name. Tasks (sim/tasks.py) add their objects' randomisation and success test on 
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import mujoco
@@ -39,11 +40,11 @@ class SimRobot:
         self._gripper_actuator = self.model.actuator("gripper").id
         self.home_q = self._solve_home()
         self._renderer: mujoco.Renderer | None = None
+        self._release_renderer: weakref.finalize | None = None
 
     def _solve_home(self) -> np.ndarray:
         # Start the solver from a bent elbow so that it lands on the elbow-up branch.
-        seed = np.array([0.0, 0.2, 1.2, 0.2, 0.0])
-        q = seed
+        q = np.array([0.0, 0.2, 1.2, 0.2, 0.0])
         for _ in range(10):
             q = self.controller.solve(HOME_POSITION, q)
         return q
@@ -54,8 +55,8 @@ class SimRobot:
         self.data.qpos[self._arm_qpos] = self.home_q
         self.data.ctrl[self._arm_actuators] = self.home_q
         self.data.ctrl[self._gripper_actuator] = self.config.gripper_open_m
-        self.data.qpos[self._state_qpos[-1]] = self.config.gripper_open_m
-        self.data.qpos[self.model.joint("finger_right").qposadr[0]] = self.config.gripper_open_m
+        for finger in ("finger_left", "finger_right"):
+            self.joint_qpos(finger)[:] = self.config.gripper_open_m
         self.controller.reset(self.home_q)
         mujoco.mj_forward(self.model, self.data)
 
@@ -77,6 +78,9 @@ class SimRobot:
         """The camera image, uint8 [H, W, 3] RGB."""
         if self._renderer is None:
             self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            # Free the GL context before interpreter shutdown even if nobody calls close():
+            # OpenGL's bindings cannot do it once Python is tearing its modules down.
+            self._release_renderer = weakref.finalize(self, self._renderer.close)
         self._renderer.update_scene(self.data, camera=CAMERA)
         return self._renderer.render()
 
@@ -107,6 +111,6 @@ class SimRobot:
         return self.data.joint(name).qpos
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        if self._release_renderer is not None:
+            self._release_renderer()
+        self._renderer = self._release_renderer = None

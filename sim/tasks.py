@@ -9,12 +9,31 @@ again, and a fixed horizon is what the offline data were recorded with).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from sim.robot import SimRobot
 
 OBJECT_HALF_SIZE = 0.02  # the cube's half edge, metres (sim/assets/*.xml)
+
+
+class Task(Protocol):
+    """What the environment needs from a task."""
+
+    name: str  # the CLI's task name
+    env_id: str  # the gymnasium id
+    scene: str  # MJCF file in sim/assets/
+    max_episode_steps: int
+
+    def randomize(self, robot: SimRobot, rng: np.random.Generator) -> None:
+        """Place the objects for a new episode (the arm is already at home)."""
+
+    def success(self, robot: SimRobot) -> bool:
+        """The sparse reward's test: 1 when it holds."""
+
+    def privileged(self, robot: SimRobot) -> dict[str, np.ndarray]:
+        """Object positions for scripted policies and analysis (never part of the observation)."""
 
 
 def place_free_body(robot: SimRobot, joint: str, xy: np.ndarray, z: float, yaw: float) -> None:
@@ -46,7 +65,6 @@ class PickPlace:
         return bool(np.abs(offset[:2]).max() < self.tray_half_inside and offset[2] < self.in_tray_max_z)
 
     def privileged(self, robot: SimRobot) -> dict[str, np.ndarray]:
-        """What the scripted policy may look at (never part of the observation)."""
         return {"object_pos": robot.body_pos("object"), "tray_pos": robot.body_pos("tray")}
 
 
@@ -82,4 +100,4 @@ class DrawerGrasp:
         }
 
 
-TASKS = {task.name: task for task in (PickPlace(), DrawerGrasp())}
+TASKS: dict[str, Task] = {task.name: task for task in (PickPlace(), DrawerGrasp())}
