@@ -72,7 +72,9 @@ class NodeParams:
     # Episodes
     max_episode_steps: int = _p(40, "Time limit: the episode is truncated after this many steps.")
     success_reward: float = _p(1.0, "A reward at or above this is a success.")
-    terminate_on_success: bool = _p(True, "A success ends the episode as terminal.")
+    terminate_on_success: bool = _p(
+        False, "A success ends the episode as terminal; off by default, as the paper's (and the simulator's) tasks run to their time limit."
+    )
     require_ready: bool = _p(True, "Wait for episode/ready after each reset request before acting.")
     reset_retry_s: float = _p(2.0, "Repeat the reset request this often while waiting for ready.")
     # Trainer link

@@ -136,7 +136,8 @@ def test_time_limit_truncates_with_the_final_observation(tmp_path):
     assert rig.loop.episodes.episode_id != first_id and rig.link.drain()[0].step == 0
 
 
-def test_success_ends_the_episode_as_terminal_with_the_summed_reward(rig):
+def test_success_ends_the_episode_as_terminal_with_the_summed_reward(tmp_path):
+    rig = Rig(tmp_path, terminate_on_success=True)
     rig.start_episode()
     rig.step()
     rig.loop.on_reward(Float32(0.25))
