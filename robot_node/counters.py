@@ -47,6 +47,7 @@ class Refusals:
         self._suppressed: dict[str, int] = {}
 
     def refuse(self, reason: str, detail: str, n: int = 1) -> None:
+        """Count `n` refused items (messages, transitions) for `reason`; log unless logged lately."""
         self._counters.inc("refused." + reason, n)
         now = time.monotonic()
         last = self._last_logged.get(reason)

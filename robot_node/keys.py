@@ -1,4 +1,5 @@
-"""CURVE key pairs for the link: `o2o-keys generate NAME --out DIR`, and loading them.
+"""CURVE key pairs for the link: `o2o-keys generate NAME --out DIR`, loading them, and noticing
+the handshakes a wrong key makes fail.
 
 The files are the ZPL certificates pyzmq's `zmq.auth` reads and writes: `NAME.key` holds the
 public key (safe to copy: the robot gets the trainer's, the trainer's allow-list directory gets
@@ -15,8 +16,11 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A socket monitor for these events reports handshakes refused by a key (or a missing one).
+HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
 
 class KeyFileError(Exception):
@@ -61,6 +65,18 @@ def _load(path: str | os.PathLike[str]) -> tuple[bytes, bytes | None]:
     if public is None or len(public) != 40:
         raise KeyFileError(f"{path}: not a CURVE certificate (no public key)")
     return public, secret
+
+
+def failed_handshakes(monitor: zmq.Socket) -> list[str]:
+    """Drain a socket monitor (made with `HANDSHAKE_FAILED`): the endpoints of failed handshakes."""
+    endpoints = []
+    while True:
+        try:
+            event = recv_monitor_message(monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return endpoints
+        if event["event"] & HANDSHAKE_FAILED:
+            endpoints.append(event["endpoint"].decode(errors="replace"))
 
 
 def main(argv: list[str] | None = None) -> int:

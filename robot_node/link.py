@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from robot_node import protocol as wire
 from robot_node.counters import Counters, Refusals
-from robot_node.keys import KeyFileError, load_keypair, load_public
+from robot_node.keys import HANDSHAKE_FAILED, KeyFileError, failed_handshakes, load_keypair, load_public
 from robot_node.link_interface import LinkStatus, PolicyWeights, Transition
 from robot_node.spec import ActionSpec, ObservationSpec
 from robot_node.spool import Spool
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.005  # the link thread's idle wake-up period
 DRAIN_MAX = 256  # messages handled per wake-up before new transitions get a turn
-HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+ZERO_COPY_BYTES = 1 << 16  # received frames larger than this are used in place, not copied
 
 
 class LinkConfigError(ValueError):
@@ -116,7 +115,7 @@ class ZmqTrainerLink:
 
     def status(self) -> LinkStatus:
         counters = self.counters.snapshot()
-        counters["refused"] = sum(v for k, v in counters.items() if k.startswith("refused."))
+        counters["refused"] = self._refusals.total()
         age = time.monotonic() - self._last_heard
         connected = self._session is not None and age < self.config.peer_timeout_s
         if connected:
@@ -152,7 +151,7 @@ class ZmqTrainerLink:
                 self._spool_submitted()
         finally:
             self._close_socket()
-            self._context.term()
+            self._context.destroy(linger=0)
             self._spool.close()
 
     def _spool_submitted(self) -> None:
@@ -192,7 +191,6 @@ class ZmqTrainerLink:
                     self._last_hello = now
             return
         if now - self._last_heard > cfg.peer_timeout_s:
-            self.counters.inc("disconnects")
             self._lose(f"no message from the trainer for {now - self._last_heard:.1f} s")
             self._open_socket()
             return
@@ -234,9 +232,10 @@ class ZmqTrainerLink:
         newest_weights: wire.Message | None = None
         for _ in range(DRAIN_MAX):
             try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            frames = [p.buffer if len(p) > ZERO_COPY_BYTES else p.bytes for p in parts]  # weights: joined once, later
             try:
                 message = wire.parse(frames, "robot", self.config.limits)
             except wire.ProtocolError as exc:
@@ -312,21 +311,18 @@ class ZmqTrainerLink:
 
     def _lose(self, why: str) -> None:
         if self._session is not None:
+            self.counters.inc("disconnects")
             log.warning("trainer link: lost the trainer at %s: %s; reconnecting", self.config.endpoint, why)
         self._session, self._problem = None, why
 
     def _monitor_events(self) -> None:
-        while True:
-            try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event["event"] & HANDSHAKE_EVENTS:
-                self.counters.inc("handshake_failures")
-                self._problem = (
-                    f"CURVE handshake failed {self.counters['handshake_failures']} times: is trainer_key the trainer's "
-                    "public key, and this robot's public key in the trainer's allow-list?"
-                )
+        failed = len(failed_handshakes(self._monitor))
+        if failed:
+            self.counters.inc("handshake_failures", failed)
+            self._problem = (
+                f"CURVE handshake failed {self.counters['handshake_failures']} times: is trainer_key the trainer's "
+                "public key, and this robot's public key in the trainer's allow-list?"
+            )
 
     def _send(self, frames: list[bytes]) -> bool:
         try:
@@ -341,13 +337,13 @@ class ZmqTrainerLink:
         sock = self._context.socket(zmq.DEALER)
         sock.linger = 0
         sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing on a connection that is not up
-        sock.setsockopt(zmq.MAXMSGSIZE, max(cfg.limits.max_weights_bytes, cfg.limits.max_header_bytes))
+        sock.setsockopt(zmq.MAXMSGSIZE, cfg.limits.max_frame_bytes())
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         sock.setsockopt(zmq.HANDSHAKE_IVL, int(cfg.peer_timeout_s * 1000))
         if self._curve is not None:
             sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self._curve
-        self._monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+        self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
         sock.connect(cfg.endpoint)
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)

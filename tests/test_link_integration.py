@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import msgpack
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from robot_node import protocol as wire
 from robot_node.dataset import open_dataset
@@ -91,7 +93,7 @@ def test_a_robot_whose_key_is_not_allowed_can_neither_connect_nor_push(tmp_path,
     intruder = open_robot(server, tmp_path, keys, cleanup, "intruder")
     for t in stream(10):
         intruder.submit(t)
-    wait_for(lambda: server.counters["handshake_failures"] >= 2, DEADLINE_S, "the trainer to refuse the intruder's handshake")
+    wait_for(lambda: server.counters["refused.handshake"] >= 2, DEADLINE_S, "the trainer to refuse the intruder's handshake")
     wait_for(lambda: intruder.status().counters["handshake_failures"] >= 1, DEADLINE_S, "the intruder to see its refusal")
 
     status = intruder.status()
@@ -112,7 +114,7 @@ def test_a_trainer_with_another_key_is_never_trusted(tmp_path, keys, cleanup):
 
     robot = open_robot(impostor, tmp_path, keys, cleanup)  # expects the real trainer's public key
     robot.submit(transition(0, 0))
-    wait_for(lambda: impostor.counters["handshake_failures"] >= 2, DEADLINE_S, "the handshake to fail")
+    wait_for(lambda: impostor.counters["refused.handshake"] >= 2, DEADLINE_S, "the handshake to fail")
 
     status = robot.status()
     assert not status.connected and robot.latest_weights(-1) is None
@@ -170,11 +172,12 @@ def test_weights_whose_sha256_or_specs_do_not_match_are_refused(tmp_path, keys, 
 
 def test_a_late_robot_gets_the_current_weights_at_once(tmp_path, keys, cleanup):
     server = open_server(tmp_path, keys, cleanup)
+    model = os.urandom(3 * wire.WEIGHTS_CHUNK_BYTES + 123)  # several frames on the wire
     for version in (1, 2):
-        server.push_weights(weights(version))
+        server.push_weights(weights(version, model))
     robot = open_robot(server, tmp_path, keys, cleanup)
     took = wait_for(lambda: robot.latest_weights(0) is not None, DEADLINE_S, "the current weights on a late robot")
-    assert robot.latest_weights(0).version == 2 and took < 5.0
+    assert robot.latest_weights(0).version == 2 and robot.latest_weights(0).onnx == model and took < 5.0
     assert robot.status().counters["weights_received"] == 1  # only the current version, never v1
 
 
@@ -192,13 +195,19 @@ def test_a_burst_of_ten_pushes_reaches_the_robot_as_the_newest_only(tmp_path, ke
         server.push_weights(weights(10))
 
 
-def test_bad_messages_are_refused_and_counted_while_the_connection_and_stored_data_survive(tmp_path, keys, cleanup):
-    server = open_server(tmp_path, keys, cleanup)
+def hand_driven_robot(keys, cleanup):
+    """A DEALER with robot1's key: sends whatever a test wants to the trainer."""
     context = zmq.Context()
     cleanup(lambda: context.destroy(linger=0))
     sock = context.socket(zmq.DEALER)
     sock.curve_publickey, sock.curve_secretkey = load_keypair(keys / "robot1.key_secret")
     sock.curve_serverkey = load_public(keys / "trainer.key")
+    return sock
+
+
+def test_bad_messages_are_refused_and_counted_while_the_connection_and_stored_data_survive(tmp_path, keys, cleanup):
+    server = open_server(tmp_path, keys, cleanup)
+    sock = hand_driven_robot(keys, cleanup)
     sock.connect(server.endpoint)
 
     def send_and_receive(frames, kind, until=lambda message: True):
@@ -244,6 +253,49 @@ def test_bad_messages_are_refused_and_counted_while_the_connection_and_stored_da
         assert counters.get(f"refused.{reason}") == 1, (reason, counters)
     assert counters["internal_errors"] == 0
     check_episode(open_dataset(server.store.dataset_dir).read(0), 0)
+
+
+def test_frames_over_the_size_limit_never_reach_the_parser(tmp_path, keys, cleanup):
+    server = open_server(tmp_path, keys, cleanup)
+    sock = hand_driven_robot(keys, cleanup)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    sock.connect(server.endpoint)
+
+    def next_event():
+        assert monitor.poll(DEADLINE_S * 1000), "no socket event"
+        return recv_monitor_message(monitor)["event"]
+
+    assert next_event() == zmq.EVENT_HANDSHAKE_SUCCEEDED
+    sock.send(b"\x00" * (2 * wire.DEFAULT_LIMITS.max_header_bytes))  # twice what a header may be
+    assert next_event() == zmq.EVENT_DISCONNECTED  # libzmq cut the connection at MAXMSGSIZE
+    assert server.status()["counters"].get("refused.header_size", 0) == 0  # the parser never saw it
+    robot = open_robot(server, tmp_path, keys, cleanup)  # and the trainer serves on
+    wait_for(lambda: robot.status().connected, DEADLINE_S, "a robot to connect after the oversized frame")
+
+
+def test_a_trainer_whose_episode_writer_is_behind_holds_acks_until_it_catches_up(tmp_path, keys, cleanup):
+    gate = threading.Event()
+    store = TransitionStore(
+        tmp_path / "storage", observation_spec=OBS, action_spec=ACT, task="t", env_id="e", max_episode_steps=EPISODE_STEPS,
+        sync=False, max_queued_episodes=1, on_episode=lambda episode, record: gate.wait(DEADLINE_S),  # a stalled writer
+    )
+    server = TrainerServer(ServerConfig(bind="tcp://127.0.0.1:0", secret_key=str(keys / "trainer.key_secret"), allow_dir=str(keys / "allow"), **FAST), store)
+    cleanup(server.close)
+    cleanup(gate.set)
+    robot = open_robot(server, tmp_path, keys, cleanup, batch_max=5)
+    for t in stream(20):
+        robot.submit(t)
+    wait_for(lambda: store.busy, DEADLINE_S, "episode 1 waiting for the stalled writer")
+    wait_for(lambda: robot.status().counters["acked"] == 20, DEADLINE_S, "the first two episodes acknowledged")
+    for t in stream(30, start=20):
+        robot.submit(t)
+    wait_for(lambda: server.counters["deferred"] > 0, DEADLINE_S, "transitions held back")
+    assert robot.status().counters["acked"] == 20 and robot.status().connected  # held, yet alive
+
+    gate.set()
+    wait_for(lambda: robot.status().counters["acked"] == 50, DEADLINE_S, "every transition acknowledged")
+    wait_for(lambda: store.counters["episodes_written"] == 5, DEADLINE_S, "five episodes written")
+    assert stored_steps(store.dataset_dir) == {divmod(i, EPISODE_STEPS): 1 for i in range(50)}
 
 
 def test_running_without_keys_needs_an_explicit_insecure_flag(tmp_path, cleanup, caplog):

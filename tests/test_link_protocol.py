@@ -174,8 +174,19 @@ def test_weights_decode_only_when_the_sha256_matches():
         wire.decode_weights(weights_message(sha256=hashlib.sha256(b"other").hexdigest()))
     assert info.value.reason == "sha256_mismatch"
     tampered = weights_message()
-    with pytest.raises(wire.ProtocolError, match="expected one frame of 12 bytes"):
+    with pytest.raises(wire.ProtocolError, match="the header says 12"):
         wire.decode_weights(tampered._replace(frames=[tampered.frames[0][:-1]]))
+
+
+def test_large_weights_travel_in_chunks_and_join_back():
+    onnx = os.urandom(2 * wire.WEIGHTS_CHUNK_BYTES + 5)
+    message = weights_message(onnx)
+    assert [len(f) for f in message.frames] == [wire.WEIGHTS_CHUNK_BYTES, wire.WEIGHTS_CHUNK_BYTES, 5]
+    assert wire.decode_weights(message).onnx == onnx
+    oversized = message._replace(frames=[b"".join(message.frames[:2]), message.frames[2]])
+    with pytest.raises(wire.ProtocolError) as info:
+        wire.decode_weights(oversized)
+    assert info.value.reason == "frame_size"
 
 
 def test_the_robot_parses_only_trainer_kinds():

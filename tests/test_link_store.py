@@ -16,6 +16,19 @@ def open_store(root, **overrides):
     return TransitionStore(root, **{**options, **overrides})
 
 
+def add(store, robot_id, items):
+    return store.add([(robot_id, "png", items)])[0]
+
+
+def test_one_write_stores_batches_of_several_robots(tmp_path):
+    store = open_store(tmp_path)
+    results = store.add([("robot1", "png", decoded(stream(10))), ("robot2", "png", decoded(stream(5), first_seq=7))])
+    assert results == [(list(range(10)), []), (list(range(7, 12)), [])]
+    written(store, 1)
+    store.close()
+    assert store.counters["stored"] == 15 and store.counters["pending_episodes"] == 1
+
+
 def written(store, n):
     wait_for(lambda: store.counters["episodes_written"] >= n, 10, f"{n} episodes written")
 
@@ -24,12 +37,12 @@ def test_duplicates_are_acknowledged_but_stored_once(tmp_path):
     seen = []
     store = open_store(tmp_path, on_episode=lambda episode, record: seen.append(record))
     items = decoded(stream(15))
-    acked, refused = store.add("robot1", "png", items)
+    acked, refused = add(store, "robot1", items)
     assert acked == list(range(15)) and refused == []
-    again, _ = store.add("robot1", "png", decoded(stream(15)))  # the robot resent everything
+    again, _ = add(store, "robot1", decoded(stream(15)))  # the robot resent everything
     assert again == list(range(15))
     written(store, 1)
-    store.add("robot1", "png", decoded(stream(10)))  # resent after its episode was written
+    add(store, "robot1", decoded(stream(10)))  # resent after its episode was written
     store.close()
 
     assert store.counters["stored"] == 15 and store.counters["duplicates"] == 25
@@ -42,8 +55,8 @@ def test_duplicates_are_acknowledged_but_stored_once(tmp_path):
 
 def test_same_episode_id_from_two_robots_are_two_episodes(tmp_path):
     store = open_store(tmp_path)
-    store.add("robot1", "png", decoded(stream(10)))
-    store.add("robot2", "png", decoded(stream(10)))
+    add(store, "robot1", decoded(stream(10)))
+    add(store, "robot2", decoded(stream(10)))
     written(store, 2)
     store.close()
     assert len(open_dataset(tmp_path / "dataset")) == 2
@@ -51,13 +64,13 @@ def test_same_episode_id_from_two_robots_are_two_episodes(tmp_path):
 
 def test_a_restarted_store_resumes_pending_episodes_from_its_log(tmp_path):
     store = open_store(tmp_path)
-    store.add("robot1", "png", decoded(stream(6)))  # episode 0, steps 0-5
+    add(store, "robot1", decoded(stream(6)))  # episode 0, steps 0-5
     store.close()
 
     store = open_store(tmp_path)
     assert store.counters["pending_episodes"] == 1
-    store.add("robot1", "png", decoded(stream(6)))  # resent: all duplicates now
-    store.add("robot1", "png", decoded(stream(4, start=6), first_seq=6))
+    add(store, "robot1", decoded(stream(6)))  # resent: all duplicates now
+    add(store, "robot1", decoded(stream(4, start=6), first_seq=6))
     written(store, 1)
     store.close()
     assert store.counters["stored"] == 4 and store.counters["duplicates"] == 6
@@ -66,7 +79,7 @@ def test_a_restarted_store_resumes_pending_episodes_from_its_log(tmp_path):
 
 def test_an_episode_whose_dataset_write_was_interrupted_is_written_again_once(tmp_path):
     store = open_store(tmp_path)
-    store.add("robot1", "png", decoded(stream(20)))
+    add(store, "robot1", decoded(stream(20)))
     written(store, 2)
     store.close()
     # Killed after the intent record but before the manifest named episode 1: roll it back.
@@ -85,10 +98,10 @@ def test_an_episode_whose_dataset_write_was_interrupted_is_written_again_once(tm
 def test_an_abandoned_episode_is_kept_up_to_its_first_gap(tmp_path):
     store = open_store(tmp_path, abandon_after_s=0.0)
     items = decoded(stream(7))  # steps 0-6 of episode 0 ...
-    store.add("robot1", "png", items[:5] + items[6:])  # ... with step 5 missing
+    add(store, "robot1", items[:5] + items[6:])  # ... with step 5 missing
     store.housekeeping()
     wait_for(lambda: store.counters["episodes_salvaged"] == 1 and store.counters["episodes_written"] == 1, 10, "the salvaged episode")
-    store.add("robot1", "png", decoded([transition(0, 5)], first_seq=5))  # too late: a duplicate
+    add(store, "robot1", decoded([transition(0, 5)], first_seq=5))  # too late: a duplicate
     store.close()
 
     episode = open_dataset(tmp_path / "dataset").read(0)
@@ -100,8 +113,8 @@ def test_an_abandoned_episode_is_kept_up_to_its_first_gap(tmp_path):
 def test_finished_log_segments_are_deleted(tmp_path):
     store = open_store(tmp_path, wal_segment_bytes=2_000)
     for start in range(0, 40, 5):
-        store.add("robot1", "png", decoded(stream(5, start), first_seq=start))
-    store.add("robot1", "png", decoded(stream(3, 40), first_seq=40))  # an unfinished episode stays
+        add(store, "robot1", decoded(stream(5, start), first_seq=start))
+    add(store, "robot1", decoded(stream(3, 40), first_seq=40))  # an unfinished episode stays
     written(store, 4)
     segments_before = len(list((tmp_path / "wal").glob("*.log")))
     store.housekeeping()
@@ -115,7 +128,7 @@ def test_finished_log_segments_are_deleted(tmp_path):
 
 def test_steps_beyond_the_limit_are_refused(tmp_path):
     store = open_store(tmp_path, max_steps=5)
-    acked, refused = store.add("robot1", "png", decoded(stream(7)))
+    acked, refused = add(store, "robot1", decoded(stream(7)))
     assert acked == [0, 1, 2, 3, 4] and refused == [5, 6]
     store.close()
 

@@ -38,6 +38,7 @@ from robot_node.spec import ActionSpec, ObservationSpec
 log = logging.getLogger(__name__)
 
 EpisodeKey = tuple[str, str]  # (robot id, episode id)
+Batch = tuple[str, str, list[DecodedItem]]  # (robot id, image codec, decoded transitions) of one message
 OnEpisode = Callable[[Episode, EpisodeRecord], None]
 
 
@@ -67,16 +68,19 @@ class TransitionStore:
         max_episode_steps: int,
         sync: bool = True,
         max_steps: int = 100_000,
+        max_queued_episodes: int = 32,
         abandon_after_s: float = 600.0,
         wal_segment_bytes: int = 64 << 20,
         on_episode: OnEpisode | None = None,
     ) -> None:
         """`sync` fsyncs the log before acknowledging (survives power loss, not only kill -9);
-        `max_steps` bounds one episode; an episode with no new step for `abandon_after_s` (its
-        robot restarted mid-episode) is kept up to its first gap, truncated there."""
+        `max_steps` bounds one episode; `max_queued_episodes` finished episodes may wait for the
+        writer before the store reports itself `busy`; an episode with no new step for
+        `abandon_after_s` (its robot restarted mid-episode) is kept up to its first gap."""
         self.root = Path(root)
         self.specs = Specs(observation_spec, action_spec)
         self.max_steps = max_steps
+        self.max_queued_episodes = max_queued_episodes
         self.abandon_after_s = abandon_after_s
         self.on_episode = on_episode
         self.counters = Counters(("stored", "duplicates", "episodes_written", "episodes_salvaged", "episodes_refused", "pending_episodes"))
@@ -99,29 +103,39 @@ class TransitionStore:
     def dataset_dir(self) -> Path:
         return self.root / "dataset"
 
-    def add(self, robot_id: str, codec: str, items: list[DecodedItem]) -> tuple[list[int], list[int]]:
-        """Log decoded transitions and return (acknowledged, refused) sequence numbers.
+    @property
+    def busy(self) -> bool:
+        """The writer is behind: take no new transitions until it catches up (memory stays bounded)."""
+        return self._queue.qsize() >= self.max_queued_episodes
+
+    def add(self, batches: list[Batch]) -> list[tuple[list[int], list[int]]]:
+        """Log decoded transitions, all batches with one write (and one fsync), and return each
+        batch's (acknowledged, refused) sequence numbers.
 
         Duplicates are acknowledged without being stored again. OSError from the disk
-        propagates: then nothing is acknowledged and the robot sends the batch again.
+        propagates: then nothing is acknowledged and the robots send the batches again.
         """
-        fresh, refused, duplicates, seen = [], set(), 0, set()
+        fresh: list[tuple[str, str, DecodedItem]] = []
+        results, duplicates, seen = [], 0, set()
         with self._lock:
-            for d in items:
-                key, step = (robot_id, d.transition.episode_id), d.transition.step
-                pending = self._pending.get(key)
-                if step >= self.max_steps:
-                    refused.add(d.seq)
-                elif key in self._done or key in self._writing or (key, step) in seen or (pending is not None and step in pending.steps):
-                    duplicates += 1
-                else:
-                    seen.add((key, step))
-                    fresh.append(d)
-        payloads = [msgpack.packb([robot_id, codec, d.item, d.frames], use_bin_type=True) for d in fresh]
+            for robot_id, codec, items in batches:
+                refused = []
+                for d in items:
+                    key, step = (robot_id, d.transition.episode_id), d.transition.step
+                    pending = self._pending.get(key)
+                    if step >= self.max_steps:
+                        refused.append(d.seq)
+                    elif key in self._done or key in self._writing or (key, step) in seen or (pending is not None and step in pending.steps):
+                        duplicates += 1
+                    else:
+                        seen.add((key, step))
+                        fresh.append((robot_id, codec, d))
+                results.append(([d.seq for d in items if d.seq not in refused], refused))
+        payloads = [msgpack.packb([robot_id, codec, d.item, d.frames], use_bin_type=True) for robot_id, codec, d in fresh]
         locations = self._wal.append(payloads) if payloads else []
         with self._lock:
             touched: dict[EpisodeKey, None] = {}  # in arrival order, so episodes are written in the order they ended
-            for d, location in zip(fresh, locations):
+            for (robot_id, _, d), location in zip(fresh, locations):
                 key = (robot_id, d.transition.episode_id)
                 self._add_pending(key, d.transition)
                 self._segment_episodes.setdefault(location.segment, set()).add(key)
@@ -132,7 +146,7 @@ class TransitionStore:
             self.counters.set("pending_episodes", len(self._pending))
         self.counters.inc("stored", len(fresh))
         self.counters.inc("duplicates", duplicates)
-        return [d.seq for d in items if d.seq not in refused], sorted(refused)
+        return results
 
     def housekeeping(self) -> None:
         """Close episodes whose robot went quiet mid-episode, and delete finished log segments."""
