@@ -16,9 +16,10 @@ with obs and next_obs, lz4-compressed, over a plain PUSH/PULL socket, no acknowl
 disk, no checks (the only pickle in this project; it never leaves this script).
 
 Weight push: trainer push_weights -> the robot child holds a validated new session (it polls
-latest_weights every millisecond, then builds an onnxruntime session and runs a probe; see
-`validate`). Models: about 1 MB, and a 5-member DrQ-v2-style pixel ensemble of about 10M
-parameters (41 MB) built here with torch.
+latest_weights every millisecond, then calls robot_node.policy.load_policy, the node's checks
+before a hot swap). Models: about 1 MB, and a 5-member DrQ-v2-style pixel ensemble of about 10M
+parameters (41 MB), built here with torch (trainer/export.py is not on main yet) and labelled
+with the metadata the exporter writes.
 
 Last line: one JSON object. The machine may be shared: expect noise, compare ratios.
 """
@@ -48,6 +49,7 @@ from robot_node import protocol as wire  # noqa: E402
 from robot_node.keys import generate  # noqa: E402
 from robot_node.link import LinkConfig, ZmqTrainerLink  # noqa: E402
 from robot_node.link_interface import PolicyWeights, Transition  # noqa: E402
+from robot_node.policy import load_policy  # noqa: E402
 from robot_node.spec import ActionSpec, ObservationSpec  # noqa: E402
 from trainer.link import ServerConfig, TrainerServer  # noqa: E402
 from trainer.transition_store import TransitionStore  # noqa: E402
@@ -128,35 +130,10 @@ def robot_child(args: argparse.Namespace) -> None:
             if weights is None:
                 time.sleep(0.001)
                 continue
-            how = validate(weights)
+            load_policy(weights, config.observation_spec, config.action_spec)  # what the node does before a swap
             held = weights.version
-            print(json.dumps({"version": held, "t": time.monotonic(), "validated_with": how}), flush=True)
+            print(json.dumps({"version": held, "t": time.monotonic()}), flush=True)
     link.close()
-
-
-def validate(weights: PolicyWeights) -> str:
-    """What the node does before it swaps sessions: robot_node.policy.load_policy once it exists;
-    until then an onnxruntime session whose inputs match the specs and whose probe output is finite."""
-    try:
-        from robot_node.policy import load_policy
-    except ImportError:
-        load_policy = None
-    if load_policy is not None:
-        load_policy(weights, weights.observation_spec, weights.action_spec)
-        return "robot_node.policy.load_policy"
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(weights.onnx, options, providers=["CPUExecutionProvider"])
-    obs = weights.observation_spec
-    feeds = {"image": np.zeros((1, *obs.image_shape), np.uint8), "state": np.zeros((1, obs.state_dim), np.float32)}
-    if {i.name for i in session.get_inputs()} != set(feeds):
-        raise ValueError("model inputs do not match the spec")
-    outputs = session.run(["mean", "log_std", "action"], feeds)
-    if not all(o.shape == (1, weights.action_spec.dim) and np.isfinite(o).all() for o in outputs):
-        raise ValueError("model outputs are not finite [1, A]")
-    return "onnxruntime session + probe (robot_node.policy not on main yet)"
 
 
 def wait(predicate, timeout_s: float) -> None:
@@ -324,11 +301,11 @@ def with_metadata(onnx: bytes, version: int, members: int) -> bytes:
     return model.SerializeToString()
 
 
-def weight_push(onnx: bytes, members: int, pushes: int, keys: Path) -> tuple[list[float], str]:
+def weight_push(onnx: bytes, members: int, pushes: int, keys: Path) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         server = trainer(Path(tmp), POLICY_SPEC, keys)
         child = Child("--child", "weights", "--endpoint", server.endpoint, "--spool", f"{tmp}/spool", "--size", "84", "--keys", str(keys))
-        latencies, how = [], ""
+        latencies = []
         try:
             child.line(60)  # connected and polling
             for version in range(1, pushes + 1):
@@ -339,11 +316,10 @@ def weight_push(onnx: bytes, members: int, pushes: int, keys: Path) -> tuple[lis
                 result = child.line(60)
                 assert result["version"] == version
                 latencies.append(1000 * (result["t"] - sent))
-                how = result["validated_with"]
         finally:
             child.stop()
             server.close()
-    return latencies, how
+    return latencies
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -414,7 +390,7 @@ def main() -> None:
         pixel = policy_onnx(members=5, strides=(2, 1, 1, 1), trunk=50, hidden=256)
         latencies = {}
         for name, onnx, members in (("1mb", small, 1), ("pixel_n5", pixel, 5)):
-            latencies[name], how = weight_push(onnx, members, pushes, keys)
+            latencies[name] = weight_push(onnx, members, pushes, keys)
             log(f"weight push {name} ({len(onnx) / 1e6:.1f} MB): p50 {percentile(latencies[name], 50):.0f} ms, p95 {percentile(latencies[name], 95):.0f} ms")
 
     png = plot(Path(args.out), {k: v["transitions_per_s"] for k, v in runs.items()} | {"baseline pickle+lz4": baseline_rate}, latencies)
@@ -433,7 +409,6 @@ def main() -> None:
         "weight_push_1mb_p50_ms": round(percentile(latencies["1mb"], 50), 1),
         "weight_push_1mb_p95_ms": round(percentile(latencies["1mb"], 95), 1),
         "pixel_policy_mb": round(len(pixel) / 1e6, 1),
-        "validated_with": how,
         "pushes_per_model": pushes,
         "plot": str(png),
     }
