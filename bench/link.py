@@ -113,15 +113,15 @@ def robot_child(args: argparse.Namespace) -> None:
     wait(lambda: link.status().connected, 30)
     if args.mode == "throughput":
         stream = transitions(size, args.count)
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.process_time()
         print(json.dumps({"start": start}), flush=True)
         for t in stream:
             while not link.submit(t):
-                time.sleep(0.0005)  # queue full: the bench offers more than the link takes
-        wait(lambda: link.status().counters["acked"] >= args.count, 600)
-        elapsed = time.monotonic() - start
+                time.sleep(0.005)  # queue full: the bench offers more than the link takes
+        wait(lambda: link.counters["acked"] >= args.count, 600)
+        elapsed, cpu = time.monotonic() - start, time.process_time() - cpu
         counters = link.status().counters
-        print(json.dumps({"elapsed": elapsed, "sent_bytes": counters["sent_bytes"], "resent": counters["resent"]}), flush=True)
+        print(json.dumps({"elapsed": elapsed, "cpu_s": cpu, "sent_bytes": counters["sent_bytes"], "resent": counters["resent"]}), flush=True)
     else:  # weights: report when each new version is a validated session
         held = -1
         print(json.dumps({"ready": True}), flush=True)
@@ -136,12 +136,12 @@ def robot_child(args: argparse.Namespace) -> None:
     link.close()
 
 
-def wait(predicate, timeout_s: float) -> None:
+def wait(predicate, timeout_s: float, interval_s: float = 0.001) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError("bench: timed out")
-        time.sleep(0.001)
+        time.sleep(interval_s)
 
 
 def logging_quiet() -> None:
@@ -179,15 +179,19 @@ def trainer(workdir: Path, obs: ObservationSpec, keys: Path | None) -> TrainerSe
 
 
 def throughput(size: int, codec: str, curve: bool, count: int, keys: Path) -> dict:
-    """Acknowledged (in the trainer's write-ahead log) and written (episodes in the dataset) per second."""
+    """Acknowledged (in the trainer's write-ahead log) and written (episodes in the dataset) per
+    second, and the CPU each end spent per acknowledged transition (all its threads: link,
+    ZeroMQ I/O with CURVE, disk)."""
     with tempfile.TemporaryDirectory() as tmp:
         server = trainer(Path(tmp), ObservationSpec((size, size, 3), STATE_NAMES), keys if curve else None)
         child = Child("--child", "throughput", "--endpoint", server.endpoint, "--spool", f"{tmp}/spool", "--size", str(size),
                       "--codec", codec, "--count", str(count), *(["--keys", str(keys)] if curve else []))
         try:
             start = child.line(60)["start"]
+            cpu = time.process_time()
             result = child.line()
-            wait(lambda: server.store.counters["episodes_written"] >= 1, 600)
+            cpu = time.process_time() - cpu
+            wait(lambda: server.store.counters["episodes_written"] >= 1, 600, interval_s=0.01)
             written = time.monotonic() - start
         finally:
             child.stop()
@@ -196,13 +200,18 @@ def throughput(size: int, codec: str, curve: bool, count: int, keys: Path) -> di
     mb_s = result["sent_bytes"] / result["elapsed"] / 1e6
     log(f"{'curve' if curve else 'plain'} {codec} {size}x{size}: {rate:,.0f} transitions/s acknowledged, {mb_s:.1f} MB/s on the wire; "
         f"{count / written:,.0f} transitions/s into the dataset")
-    return {"transitions_per_s": rate, "mb_per_s": mb_s, "into_dataset_per_s": count / written}
+    return {"transitions_per_s": rate, "mb_per_s": mb_s, "into_dataset_per_s": count / written,
+            "cpu_us": {"robot": 1e6 * result["cpu_s"] / count, "trainer": 1e6 * cpu / count}}
 
 
-def median_run(run, repeats: int) -> dict:
-    """The run with the median acknowledged rate, of `repeats` runs (the machine may be shared)."""
-    results = sorted((run() for _ in range(repeats)), key=lambda r: r["transitions_per_s"])
-    return results[len(results) // 2]
+def median_of(runs: list[dict]) -> dict:
+    """The run with the median acknowledged rate (the machine may be shared)."""
+    return sorted(runs, key=lambda r: r["transitions_per_s"])[len(runs) // 2]
+
+
+def baseline_record(t: Transition, nxt: Transition) -> dict:
+    return {"obs": {"image": t.image, "state": t.state}, "action": t.action, "reward": t.reward,
+            "next_obs": {"image": nxt.image, "state": nxt.state}, "done": t.terminal}
 
 
 def baseline_sender(endpoint: str, size: int, count: int) -> None:
@@ -212,15 +221,14 @@ def baseline_sender(endpoint: str, size: int, count: int) -> None:
     sock = zmq.Context.instance().socket(zmq.PUSH)
     sock.connect(endpoint)
     print(json.dumps({"t0": time.monotonic()}), flush=True)
+    cpu = time.process_time()
     for i, t in enumerate(items):
-        nxt = items[(i + 1) % count]
-        record = {"obs": {"image": t.image, "state": t.state}, "action": t.action, "reward": t.reward,
-                  "next_obs": {"image": nxt.image, "state": nxt.state}, "done": t.terminal}
-        sock.send(lz4.frame.compress(pickle.dumps(record, protocol=5)))
+        sock.send(lz4.frame.compress(pickle.dumps(baseline_record(t, items[(i + 1) % count]), protocol=5)))
     sock.close(linger=-1)
+    print(json.dumps({"cpu_s": time.process_time() - cpu}), flush=True)
 
 
-def baseline(size: int, count: int) -> float:
+def baseline(size: int, count: int) -> dict:
     import lz4.frame
 
     context = zmq.Context.instance()
@@ -229,16 +237,81 @@ def baseline(size: int, count: int) -> float:
     child = Child("--child", "baseline", "--endpoint", f"tcp://127.0.0.1:{port}", "--size", str(size), "--count", str(count))
     try:
         t0 = child.line()["t0"]
+        cpu = time.process_time()
         for _ in range(count):
             if not sock.poll(60_000):
                 raise RuntimeError("baseline sender stalled")
             pickle.loads(lz4.frame.decompress(sock.recv()))
         rate = count / (time.monotonic() - t0)
+        cpu = time.process_time() - cpu
+        sender_cpu = child.line()["cpu_s"]
     finally:
         child.stop()
         sock.close(linger=0)
     log(f"baseline pickle+lz4 PUSH/PULL {size}x{size}: {rate:,.0f} transitions/s")
-    return rate
+    return {"transitions_per_s": rate, "cpu_us": {"robot": 1e6 * sender_cpu / count, "trainer": 1e6 * cpu / count}}
+
+
+def stage_costs(size: int, count: int = 512) -> dict[str, dict[str, float]]:
+    """µs per transition of each step on the PNG path and of the baseline's, run one at a time in
+    this process on the bench's frames (best of 5): where an end's CPU goes."""
+    import lz4.frame
+
+    from robot_node.spool import Spool
+
+    obs = ObservationSpec((size, size, 3), STATE_NAMES)
+    specs, codec = wire.Specs(obs, ACTION), wire.Codec("png")
+    stream = transitions(size, count + 1)[:count]  # an episode that does not end: the writer stays idle
+    encoded = [wire.encode_transition(t, specs, codec) for t in stream]
+    batches = [list(enumerate(encoded))[i : i + 64] for i in range(0, count, 64)]
+    messages = [wire.pack_transitions("bench-robot", "png", specs, batch) for batch in batches]
+    parsed = [wire.parse(m, "trainer") for m in messages]
+    decoded = [wire.decode_transitions(m, specs) for m in parsed]
+    records = [lz4.frame.compress(pickle.dumps(baseline_record(t, stream[(i + 1) % count]), protocol=5)) for i, t in enumerate(stream)]
+    with tempfile.TemporaryDirectory() as tmp:
+        spool = Spool(f"{tmp}/spool")
+        store = TransitionStore(f"{tmp}/storage", observation_spec=obs, action_spec=ACTION, task="bench", env_id="bench", max_episode_steps=100_000, sync=False)
+        rounds = iter(range(1_000_000))
+
+        def store_add() -> None:  # fresh episode ids each round: duplicates would skip the write
+            episode = f"e{next(rounds)}"
+            for items in decoded:
+                for d in items:
+                    d.transition.episode_id = episode
+            store.add([("bench-robot", "png", items) for items in decoded])
+
+        steps = {
+            "robot": {
+                "check_transition": lambda: [wire.check_transition(t, specs) for t in stream],
+                "png_encode": lambda: [codec.encode(t.image) for t in stream],
+                "encode_transition (check, png, item)": lambda: [wire.encode_transition(t, specs, codec) for t in stream],
+                "spool_append": lambda: [spool.append(encoded[i : i + 256]) for i in range(0, count, 256)],
+                "pack_message": lambda: [wire.pack_transitions("bench-robot", "png", specs, batch) for batch in batches],
+            },
+            "trainer": {
+                "parse": lambda: [wire.parse(m, "trainer") for m in messages],
+                "png_decode": lambda: [wire.decode_image("png", e.frames[0], obs.image_shape) for e in encoded],
+                "decode_transitions (checks, png)": lambda: [wire.decode_transitions(m, specs) for m in parsed],
+                "log_write (no fsync)": store_add,
+            },
+            "baseline": {
+                "pickle_lz4": lambda: [lz4.frame.compress(pickle.dumps(baseline_record(t, stream[(i + 1) % count]), protocol=5)) for i, t in enumerate(stream)],
+                "lz4_unpickle": lambda: [pickle.loads(lz4.frame.decompress(r)) for r in records],
+            },
+        }
+        costs = {end: {name: _best_us(step, count) for name, step in named.items()} for end, named in steps.items()}
+        spool.close()
+        store.close()
+    return costs
+
+
+def _best_us(step, count: int, rounds: int = 5) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return round(1e6 * best / count, 1)
 
 
 # ---------------------------------------------------------------------------- weight push
@@ -326,13 +399,31 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def plot(out: Path, rates: dict[str, float], latencies: dict[str, list[float]]) -> Path:
+def cpu_breakdown(link: dict, base: dict, stages: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each end's measured CPU per transition split into the steps timed one at a time; "other" is
+    the rest: ZeroMQ with CURVE, the link threads' loops, cache misses under load."""
+    robot, trainer_, baseline_ = stages["robot"], stages["trainer"], stages["baseline"]
+    encode, decode = robot["encode_transition (check, png, item)"], trainer_["decode_transitions (checks, png)"]
+    parts = {
+        "link robot": (link["cpu_us"]["robot"], {
+            "png encode": robot["png_encode"], "checks, item": encode - robot["png_encode"],
+            "spool write": robot["spool_append"], "message": robot["pack_message"]}),
+        "link trainer": (link["cpu_us"]["trainer"], {
+            "png decode": trainer_["png_decode"], "checks, item": decode - trainer_["png_decode"],
+            "message": trainer_["parse"], "log write": trainer_["log_write (no fsync)"]}),
+        "baseline sender": (base["cpu_us"]["robot"], {"pickle+lz4": baseline_["pickle_lz4"]}),
+        "baseline receiver": (base["cpu_us"]["trainer"], {"lz4+unpickle": baseline_["lz4_unpickle"]}),
+    }
+    return {row: {**steps, "other": round(total - sum(steps.values()), 1), "total": round(total, 1)} for row, (total, steps) in parts.items()}
+
+
+def plot(out: Path, rates: dict[str, float], latencies: dict[str, list[float]], breakdown: dict[str, dict[str, float]]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 4.5))
     ax1.barh(list(rates), list(rates.values()), color="tab:blue")
     ax1.axvline(5000, color="tab:red", linestyle="--", label="target 5,000/s")
     ax1.set_xlabel("transitions/s (first submit to last ACK)")
@@ -342,6 +433,15 @@ def plot(out: Path, rates: dict[str, float], latencies: dict[str, list[float]]) 
     ax2.axvline(250, color="tab:red", linestyle="--", label="target p95 250 ms")
     ax2.set_xlabel("trainer push -> robot holds a validated session (ms)")
     ax2.legend(fontsize=8)
+    for y, (row, parts) in enumerate(breakdown.items()):
+        left = 0.0
+        for step, us in parts.items():
+            if step != "total" and us > 0:
+                ax3.barh(y, us, left=left, color="lightgrey" if step == "other" else None, edgecolor="white")
+                ax3.text(left + us / 2, y, step, ha="center", va="center", fontsize=7, rotation=90 if us < 25 else 0)
+                left += us
+    ax3.set_yticks(range(len(breakdown)), list(breakdown))
+    ax3.set_xlabel("CPU µs per transition, 64×64 (PNG over CURVE vs the baseline)")
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "link.png"
@@ -384,8 +484,15 @@ def main() -> None:
             "curve_jpeg64": (64, "jpeg", True, n64),
             "curve_raw64": (64, "raw", True, n64),
         }
-        runs = {name: median_run(lambda: throughput(*config, keys), repeats) for name, config in configs.items()}
-        baseline_rate = statistics.median(baseline(64, n64) for _ in range(repeats))
+        throughput(64, "png", True, 1000, keys)  # warm-up: imports, and memory this VM has not touched yet is slow to touch
+        runs: dict[str, list[dict]] = {name: [] for name in [*configs, "baseline"]}
+        for _ in range(repeats):  # rounds, so that the machine's load hits every configuration and the baseline alike
+            for name, config in configs.items():
+                runs[name].append(throughput(*config, keys))
+                if name == "curve_png64":
+                    runs["baseline"].append(baseline(64, n64))
+        medians = {name: median_of(results) for name, results in runs.items()}
+        stages = stage_costs(64)
         small = policy_onnx(members=1, strides=(2, 2, 1, 1), trunk=30, hidden=64)
         pixel = policy_onnx(members=5, strides=(2, 1, 1, 1), trunk=50, hidden=256)
         latencies = {}
@@ -393,23 +500,30 @@ def main() -> None:
             latencies[name] = weight_push(onnx, members, pushes, keys)
             log(f"weight push {name} ({len(onnx) / 1e6:.1f} MB): p50 {percentile(latencies[name], 50):.0f} ms, p95 {percentile(latencies[name], 95):.0f} ms")
 
-    png = plot(Path(args.out), {k: v["transitions_per_s"] for k, v in runs.items()} | {"baseline pickle+lz4": baseline_rate}, latencies)
+    png64, base = medians["curve_png64"], medians["baseline"]
+    breakdown = cpu_breakdown(png64, base, stages)
+    png = plot(Path(args.out), {k: v["transitions_per_s"] for k, v in medians.items()}, latencies, breakdown)
     result = {
-        "transitions_per_s_curve_png64": round(runs["curve_png64"]["transitions_per_s"]),
-        "transitions_per_s_curve_png128": round(runs["curve_png128"]["transitions_per_s"]),
-        "transitions_per_s_plain_png64": round(runs["plain_png64"]["transitions_per_s"]),
-        "transitions_per_s_curve_jpeg64": round(runs["curve_jpeg64"]["transitions_per_s"]),
-        "transitions_per_s_curve_raw64": round(runs["curve_raw64"]["transitions_per_s"]),
-        "mb_per_s": {name: round(r["mb_per_s"], 1) for name, r in runs.items()},
-        "into_dataset_transitions_per_s": {name: round(r["into_dataset_per_s"]) for name, r in runs.items()},
-        "baseline_transitions_per_s": round(baseline_rate),
-        "ratio_to_baseline": round(runs["curve_png64"]["transitions_per_s"] / baseline_rate, 2),
+        "transitions_per_s_curve_png64": round(png64["transitions_per_s"]),
+        "transitions_per_s_curve_png128": round(medians["curve_png128"]["transitions_per_s"]),
+        "transitions_per_s_plain_png64": round(medians["plain_png64"]["transitions_per_s"]),
+        "transitions_per_s_curve_jpeg64": round(medians["curve_jpeg64"]["transitions_per_s"]),
+        "transitions_per_s_curve_raw64": round(medians["curve_raw64"]["transitions_per_s"]),
+        "baseline_transitions_per_s": round(base["transitions_per_s"]),
+        "ratio_to_baseline": round(png64["transitions_per_s"] / base["transitions_per_s"], 2),
+        "ratio_to_baseline_per_round": [round(a["transitions_per_s"] / b["transitions_per_s"], 2) for a, b in zip(runs["curve_png64"], runs["baseline"])],
+        "cpu_us_per_transition": {name: {end: round(us) for end, us in r["cpu_us"].items()} for name, r in medians.items()},
+        "cpu_breakdown_us_png64": breakdown,
+        "mb_per_s": {name: round(r["mb_per_s"], 1) for name, r in medians.items() if "mb_per_s" in r},
+        "into_dataset_transitions_per_s": {name: round(r["into_dataset_per_s"]) for name, r in medians.items() if "into_dataset_per_s" in r},
         "weight_push_p50_ms": round(percentile(latencies["pixel_n5"], 50), 1),
         "weight_push_p95_ms": round(percentile(latencies["pixel_n5"], 95), 1),
         "weight_push_1mb_p50_ms": round(percentile(latencies["1mb"], 50), 1),
         "weight_push_1mb_p95_ms": round(percentile(latencies["1mb"], 95), 1),
         "pixel_policy_mb": round(len(pixel) / 1e6, 1),
         "pushes_per_model": pushes,
+        "rounds": repeats,
+        "load_average": round(os.getloadavg()[0], 2),
         "plot": str(png),
     }
     print(json.dumps(result))

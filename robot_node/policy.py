@@ -96,7 +96,7 @@ def load_policy(
 ) -> PolicyRunner:
     """Check offered weights against the robot's specs and return a runner, or raise ModelRejected."""
     _check_size(len(weights.onnx), max_bytes)
-    digest = hashlib.sha256(weights.onnx).hexdigest()
+    digest = weights.onnx_sha256  # hashed once per object: weights the link verified are not hashed again
     if digest != weights.sha256:
         raise ModelRejected(f"sha256 mismatch: envelope says {weights.sha256[:12]}…, bytes hash to {digest[:12]}…")
     if weights.observation_spec != observation_spec or weights.action_spec != action_spec:

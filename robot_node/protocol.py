@@ -11,7 +11,6 @@ trainer link", lists the kinds and fields.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import struct
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import cv2
 import msgpack
 import numpy as np
 
+from robot_node import png
 from robot_node.link_interface import PolicyWeights, Transition
 from robot_node.spec import ActionSpec, ObservationSpec, SpecError
 
@@ -80,12 +80,6 @@ class Message(NamedTuple):
     frames: list[bytes]  # payload frames after the header
 
 
-# PNG as OpenCV writes it by default tries every row filter and LZ77-matches the result; on
-# camera images (sensor noise) the "up" filter with Huffman coding alone is 2-3x faster to
-# encode and a little smaller, and decoders need nothing special.
-_PNG_PARAMS = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
-
-
 @dataclass(frozen=True)
 class Codec:
     """How images travel: PNG (lossless, default), JPEG (quality 1-100) or raw bytes."""
@@ -102,11 +96,9 @@ class Codec:
     def encode(self, rgb: np.ndarray) -> bytes:
         if self.name == "raw":
             return np.ascontiguousarray(rgb).tobytes()
-        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)  # OpenCV's files hold BGR
         if self.name == "png":
-            ok, data = cv2.imencode(".png", bgr, _PNG_PARAMS)
-        else:
-            ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            return png.encode_rgb(rgb)
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])  # OpenCV's files hold BGR
         if not ok:
             raise ProtocolError("encode", f"OpenCV could not encode a {rgb.shape} image as {self.name}")
         return data.tobytes()
@@ -241,10 +233,29 @@ def _seq_list(limits: Limits):
     return check
 
 
-def _schemas(limits: Limits) -> dict[str, dict[str, dict[str, Any]]]:
-    """Field checks per kind, for messages the trainer receives and messages the robot receives."""
+class _Schemas(NamedTuple):
+    kinds: dict[str, dict[str, dict[str, Any]]]  # receiver -> kind -> field -> check
+    item: dict[str, Any]  # field -> check, for each transition of a TRANSITIONS message
+
+
+def _build_schemas(limits: Limits) -> _Schemas:
+    """Field checks per kind, for messages the trainer receives and messages the robot receives,
+    and for each item of a TRANSITIONS message."""
     ident, spec = _str(limits.max_id_chars), _str(limits.max_spec_chars)
-    version = _int(-1)
+    version, size = _int(-1), _int(1)
+    item = {
+        "episode": ident,
+        "step": _int(),
+        "reward": _is_number,
+        "terminal": _is_bool,
+        "truncated": _is_bool,
+        "policy_version": version,
+        "stamp": _is_number,
+        "state": _is_bytes,
+        "action": _is_bytes,
+        "image": size,
+        "next": lambda v: v is None or (type(v) is dict and _is_bytes(v.get("state")) and size(v.get("image"))),
+    }
     to_trainer = {
         HELLO: {"robot": ident, "observation_spec": spec, "action_spec": spec, "weights_version": version},
         HEARTBEAT: {"robot": ident, "weights_version": version, "weights_seen": version, "backlog": _int()},
@@ -271,10 +282,14 @@ def _schemas(limits: Limits) -> dict[str, dict[str, dict[str, Any]]]:
             "nbytes": _int(1, limits.max_weights_bytes),
         },
     }
-    return {"trainer": to_trainer, "robot": to_robot}
+    return _Schemas({"trainer": to_trainer, "robot": to_robot}, item)
 
 
-_SCHEMA_CACHE: dict[Limits, dict[str, dict[str, dict[str, Any]]]] = {}
+_SCHEMA_CACHE: dict[Limits, _Schemas] = {}
+
+
+def _schemas(limits: Limits) -> _Schemas:
+    return _SCHEMA_CACHE.get(limits) or _SCHEMA_CACHE.setdefault(limits, _build_schemas(limits))
 
 
 def parse(frames: list[bytes], receiver: str, limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -292,9 +307,8 @@ def parse(frames: list[bytes], receiver: str, limits: Limits = DEFAULT_LIMITS) -
         raise ProtocolError("bad_header", f"header is a {type(header).__name__}, not a map")
     if header.get("v") != SCHEMA_VERSION:
         raise ProtocolError("schema_version", f"schema version {header.get('v')!r}, this side speaks {SCHEMA_VERSION}")
-    schemas = _SCHEMA_CACHE.get(limits) or _SCHEMA_CACHE.setdefault(limits, _schemas(limits))
     kind = header.get("kind")
-    schema = schemas[receiver].get(kind) if type(kind) is str else None
+    schema = _schemas(limits).kinds[receiver].get(kind) if type(kind) is str else None
     if schema is None:
         raise ProtocolError("unknown_kind", f"unknown message kind {kind!r} for the {receiver}")
     for name, check in schema.items():
@@ -334,20 +348,7 @@ def decode_transitions(message: Message, specs: Specs) -> list[DecodedItem]:
 
 def decode_item(item: dict[str, Any], frames: list[bytes], codec: str, specs: Specs) -> Transition:
     """One transition from its header item and image frames, checked against the specs."""
-    checks = {
-        "episode": _str(specs.limits.max_id_chars),
-        "step": _int(),
-        "reward": _is_number,
-        "terminal": _is_bool,
-        "truncated": _is_bool,
-        "policy_version": _int(-1),
-        "stamp": _is_number,
-        "state": _is_bytes,
-        "action": _is_bytes,
-        "image": _int(1),
-        "next": lambda v: v is None or (type(v) is dict and _is_bytes(v.get("state")) and _int(1)(v.get("image"))),
-    }
-    for name, check in checks.items():
+    for name, check in _schemas(specs.limits).item.items():
         if name not in item or not check(item[name]):
             raise ProtocolError("bad_item", f"field {name!r} is missing or invalid ({_short(item.get(name))})")
     nxt = item["next"]
@@ -378,22 +379,27 @@ def check_transition(t: Transition, specs: Specs) -> None:
     """What both ends require of a transition: shapes per the specs, finite numbers, actions in
     bounds, and a next observation exactly on the episode's last step."""
     obs, act = specs.observation, specs.action
-    name = f"transition {t.episode_id!r}/{t.step}"
     is_last = t.terminal or t.truncated
     if is_last != (t.next_image is not None):
-        raise ProtocolError("next_observation", f"{name}: the next observation comes with the last step of an episode, and only then")
+        raise ProtocolError("next_observation", f"{_name(t)}: the next observation comes with the last step of an episode, and only then")
     arrays = [("image", t.image, obs.image_shape), ("state", t.state, (obs.state_dim,)), ("action", t.action, (act.dim,))]
     if is_last:
         arrays += [("next_image", t.next_image, obs.image_shape), ("next_state", t.next_state, (obs.state_dim,))]
     for field_name, value, shape in arrays:
         if not isinstance(value, np.ndarray) or value.shape != shape or (field_name.endswith("image") and value.dtype != np.uint8):
             got = f"{value.dtype}{list(value.shape)}" if isinstance(value, np.ndarray) else type(value).__name__
-            raise ProtocolError("shape", f"{name}: {field_name} is {got}, expected {list(shape)}")
-    arrays = (t.state, t.action, t.next_state) if is_last else (t.state, t.action)
-    if not (math.isfinite(t.reward) and math.isfinite(t.stamp) and np.isfinite(np.concatenate(arrays)).all()):
-        raise ProtocolError("not_finite", f"{name}: reward, stamp, state or action is NaN or infinite")
-    if t.action.min() < act.low - 1e-6 or t.action.max() > act.high + 1e-6:
-        raise ProtocolError("action_bounds", f"{name}: action {np.round(t.action, 3).tolist()} outside [{act.low}, {act.high}]")
+            raise ProtocolError("shape", f"{_name(t)}: {field_name} is {got}, expected {list(shape)}")
+    # A dozen values: as Python floats these checks cost a fraction of numpy's reductions.
+    action = t.action.tolist()
+    numbers = [t.reward, t.stamp, *t.state.tolist(), *action, *(t.next_state.tolist() if is_last else ())]
+    if not all(map(math.isfinite, numbers)):
+        raise ProtocolError("not_finite", f"{_name(t)}: reward, stamp, state or action is NaN or infinite")
+    if min(action) < act.low - 1e-6 or max(action) > act.high + 1e-6:
+        raise ProtocolError("action_bounds", f"{_name(t)}: action {np.round(t.action, 3).tolist()} outside [{act.low}, {act.high}]")
+
+
+def _name(t: Transition) -> str:
+    return f"transition {t.episode_id!r}/{t.step}"
 
 
 def decode_weights(message: Message, limits: Limits = DEFAULT_LIMITS) -> PolicyWeights:
@@ -401,16 +407,15 @@ def decode_weights(message: Message, limits: Limits = DEFAULT_LIMITS) -> PolicyW
     header, frames = message.header, message.frames
     if not frames or any(len(f) > WEIGHTS_CHUNK_BYTES for f in frames) or sum(len(f) for f in frames) != header["nbytes"]:
         raise ProtocolError("frame_size", f"weights: {len(frames)} frames of {sum(len(f) for f in frames)} bytes in all, the header says {header['nbytes']} in chunks of at most {WEIGHTS_CHUNK_BYTES}")
-    onnx = b"".join(frames)
-    digest = hashlib.sha256(onnx).hexdigest()
-    if digest != header["sha256"]:
-        raise ProtocolError("sha256_mismatch", f"weights v{header['version']}: sha256 {digest[:12]}… does not match the envelope's {header['sha256'][:12]}…")
     try:
         observation_spec = ObservationSpec.from_json(header["observation_spec"])
         action_spec = ActionSpec.from_json(header["action_spec"])
     except SpecError as exc:
         raise ProtocolError("bad_spec", f"weights v{header['version']}: {exc}") from None
-    return PolicyWeights(header["version"], header["train_step"], onnx, digest, observation_spec, action_spec)
+    weights = PolicyWeights(header["version"], header["train_step"], b"".join(frames), header["sha256"], observation_spec, action_spec)
+    if weights.onnx_sha256 != weights.sha256:  # computed once: load_policy's check reuses it
+        raise ProtocolError("sha256_mismatch", f"weights v{header['version']}: sha256 {weights.onnx_sha256[:12]}… does not match the envelope's {weights.sha256[:12]}…")
+    return weights
 
 
 def parse_specs(header: dict[str, Any]) -> tuple[ObservationSpec, ActionSpec]:
@@ -428,25 +433,22 @@ def decode_image(codec: str, data: bytes, shape: tuple[int, int, int]) -> np.nda
         if len(data) != h * w * c:
             raise ProtocolError("bad_image", f"raw image of {len(data)} bytes, expected {h * w * c} for {shape}")
         return np.frombuffer(data, np.uint8).reshape(shape)
-    size = _png_size(data) if codec == "png" else _jpeg_size(data)
+    if codec == "png":
+        try:
+            return png.decode_rgb(data, shape)
+        except png.PngError as exc:
+            raise ProtocolError(exc.reason, str(exc)) from None
+    size = _jpeg_size(data)
     if size != (h, w):
-        raise ProtocolError("image_size", f"{codec} image is {size}, the spec says {(h, w)}")
+        raise ProtocolError("image_size", f"jpeg image is {size}, the spec says {(h, w)}")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.shape != shape:
-        raise ProtocolError("bad_image", f"{codec} image does not decode to {shape}")
+        raise ProtocolError("bad_image", f"jpeg image does not decode to {shape}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); not DHT/JPG/DAC.
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def _png_size(data: bytes) -> tuple[int, int]:
-    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
-        raise ProtocolError("bad_image", "not a PNG image")
-    width, height = struct.unpack(">II", data[16:24])
-    return height, width
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import zmq.auth
 from robot_node import protocol as wire
 from robot_node.keys import KeyFileError, generate, load_keypair, load_public
 from robot_node.link_interface import PolicyWeights
-from robot_node.record_log import SegmentLog
+from robot_node.record_log import SegmentLog, blob_record, read_blob_record
 from robot_node.spool import Spool
 from link_helpers import ACT, OBS, SPECS, message_of, transition
 
@@ -260,7 +260,7 @@ def test_fully_acknowledged_segments_are_deleted(tmp_path):
 
 def test_record_log_replays_records_in_order_and_reads_them_back(tmp_path):
     log = SegmentLog(tmp_path / "log", segment_bytes=100)
-    locations = log.append([b"a" * 60, b"b" * 60]) + log.append([b"c"])
+    locations = log.append([[b"a" * 30, b"a" * 30], [b"b" * 60]]) + log.append([[b"c", b""]])
     assert [loc.segment for loc in locations] == [1, 1, 2]  # the first append filled segment 1
     assert log.read(locations[1]) == b"b" * 60
     log.close()
@@ -268,6 +268,22 @@ def test_record_log_replays_records_in_order_and_reads_them_back(tmp_path):
     assert [payload for _, payload in reopened.replay()] == [b"a" * 60, b"b" * 60, b"c"]
     assert reopened.active == 3
     reopened.close()
+
+
+def test_record_log_finishes_short_writes(tmp_path, monkeypatch):
+    real_writev = os.writev
+    monkeypatch.setattr(os, "writev", lambda fd, parts: real_writev(fd, [bytes(parts[0])[:7]]))  # at most 7 bytes a call
+    log = SegmentLog(tmp_path / "log", segment_bytes=1 << 20)
+    records = [[b"head", bytes(range(50))], [b"x" * 20], *[[b"%d" % i] for i in range(2000)]]  # more parts than one writev takes
+    log.append(records)
+    log.close()
+    monkeypatch.undo()
+    assert [payload for _, payload in SegmentLog(tmp_path / "log", segment_bytes=1 << 20).replay()] == [b"".join(r) for r in records]
+
+
+def test_blob_records_keep_their_head_and_blobs():
+    head, blobs = ["robot1", "png", {"step": 3}], [b"\x89PNG" + bytes(100), b"", b"next"]
+    assert read_blob_record(b"".join(blob_record(head, blobs))) == (head, blobs)
 
 
 # ------------------------------------------------------------------ keys

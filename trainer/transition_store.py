@@ -32,7 +32,7 @@ from robot_node.counters import Counters
 from robot_node.dataset import MANIFEST_NAME, DatasetError, DatasetWriter, Episode, EpisodeRecord
 from robot_node.link_interface import Transition
 from robot_node.protocol import DecodedItem, ProtocolError, Specs, decode_item
-from robot_node.record_log import SegmentLog
+from robot_node.record_log import SegmentLog, blob_record, read_blob_record
 from robot_node.spec import ActionSpec, ObservationSpec
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,8 @@ class TransitionStore:
                         seen.add((key, step))
                         fresh.append((robot_id, codec, d))
                 results.append(([d.seq for d in items if d.seq not in refused], refused))
-        payloads = [msgpack.packb([robot_id, codec, d.item, d.frames], use_bin_type=True) for robot_id, codec, d in fresh]
-        locations = self._wal.append(payloads) if payloads else []
+        records = [blob_record([robot_id, codec, d.item], d.frames) for robot_id, codec, d in fresh]
+        locations = self._wal.append(records) if records else []
         with self._lock:
             touched: dict[EpisodeKey, None] = {}  # in arrival order, so episodes are written in the order they ended
             for (robot_id, _, d), location in zip(fresh, locations):
@@ -192,7 +192,7 @@ class TransitionStore:
                 self._done.add((robot_id, episode_id))
         replayed = 0
         for location, payload in self._wal.replay():
-            robot_id, codec, item, frames = msgpack.unpackb(payload, raw=False)
+            (robot_id, codec, item), frames = read_blob_record(payload)
             key = (robot_id, item["episode"])
             self._segment_episodes.setdefault(location.segment, set()).add(key)
             if key in self._done:
@@ -260,7 +260,7 @@ class TransitionStore:
                 log.exception("on_episode callback failed for episode %s", key[1])
 
     def _finish(self, key: EpisodeKey, index: int | None) -> None:
-        self._done_log.append([msgpack.packb([key[0], key[1], index])])
+        self._done_log.append([[msgpack.packb([key[0], key[1], index])]])
         with self._lock:
             self._done.add(key)
             self._writing.discard(key)
