@@ -5,7 +5,7 @@ The control loop only touches a lock-free queue (`submit`) and the newest verifi
 
     submit() -> queue -> [link thread] encode -> spool (disk) -> send in batches -> trainer
                                         spool  <- forget  <- ACK (stored or refused for good)
-    latest_weights() <- newest verified WEIGHTS <- trainer (sha256 checked, stale ones skipped)
+    latest_weights() <- newest verified weights <- WEIGHTS chunks <- trainer (hashed as they arrive, stale versions skipped)
 
 Delivery is at-least-once: a transition leaves the spool only when the trainer acknowledges
 it, and after every (re)connection everything unacknowledged is sent again; the trainer
@@ -80,6 +80,7 @@ class ZmqTrainerLink:
         self._queue: collections.deque[Transition] = collections.deque()  # append/popleft are atomic
         self._weights_lock = threading.Lock()
         self._weights: PolicyWeights | None = None
+        self._weights_in = wire.WeightsReceiver(config.limits)
         self._spool = Spool(config.spool_dir, max_bytes=config.spool_max_bytes, sync=config.spool_sync)
         self.counters.set("backlog", len(self._spool))
         # Link-thread state.
@@ -229,27 +230,18 @@ class ZmqTrainerLink:
         ready = dict(self._poller.poll(timeout_s * 1000))
         if self._monitor in ready:
             self._monitor_events()
-        newest_weights: wire.Message | None = None
         for _ in range(DRAIN_MAX):
             try:
                 parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            frames = [p.buffer if len(p) > ZERO_COPY_BYTES else p.bytes for p in parts]  # weights: joined once, later
+            frames = [p.buffer if len(p) > ZERO_COPY_BYTES else p.bytes for p in parts]  # weights: joined once, at the end
             try:
                 message = wire.parse(frames, "robot", self.config.limits)
             except wire.ProtocolError as exc:
                 self._refusals.refuse(exc.reason, f"message from the trainer: {exc}")
                 continue
-            if message.kind == wire.WEIGHTS:  # conflate: only the newest of a burst is checked
-                if newest_weights is not None:
-                    self.counters.inc("weights_conflated")
-                if newest_weights is None or message.header["version"] > newest_weights.header["version"]:
-                    newest_weights = message
-                continue
             self._handle(message)
-        if newest_weights is not None:
-            self._handle(newest_weights)
 
     def _handle(self, message: wire.Message) -> None:
         header, now = message.header, time.monotonic()
@@ -270,7 +262,6 @@ class ZmqTrainerLink:
             self.counters.set("backlog", len(self._spool))
         elif message.kind == wire.WEIGHTS:
             self._take_weights(message)
-            self._send_heartbeat(now)  # tells the trainer which version arrived
 
     def _welcome(self, header: dict[str, Any], now: float) -> None:
         if not header["accepted"]:  # wrong specs, or a trainer that does not know this connection
@@ -286,22 +277,30 @@ class ZmqTrainerLink:
         self._requeue()
 
     def _take_weights(self, message: wire.Message) -> None:
+        """One chunk of weights; the version it completes becomes the newest if it checks out."""
         version = message.header["version"]
-        self._weights_seen = max(self._weights_seen, version)
-        if version <= self._held_version:
-            self.counters.inc("weights_conflated")
+        if version <= self._held_version:  # the trainer sent it before it knew what this robot has
+            if message.header["offset"] == 0:
+                self.counters.inc("weights_conflated")
             return
+        if message.header["offset"] == 0 and self._weights_in.receiving is not None:
+            self.counters.inc("weights_conflated")  # a newer version replaces one still arriving
         try:
-            weights = wire.decode_weights(message, self.config.limits)
+            weights = self._weights_in.add(message)
+            if weights is None:
+                return
             if (weights.observation_spec, weights.action_spec) != (self.config.observation_spec, self.config.action_spec):
                 raise wire.ProtocolError("spec_mismatch", f"weights v{version} are for {weights.observation_spec}, {weights.action_spec}, not this robot's specs")
         except wire.ProtocolError as exc:
             self._refusals.refuse(exc.reason, f"weights refused: {exc}")
+            self._weights_seen = max(self._weights_seen, version)  # done with it: the trainer may send a newer one
+            self._send_heartbeat(time.monotonic())
             return
         with self._weights_lock:
             self._weights = weights
-        self._held_version = version
+        self._held_version, self._weights_seen = version, max(self._weights_seen, version)
         self.counters.inc("weights_received")
+        self._send_heartbeat(time.monotonic())  # tells the trainer which version arrived
 
     def _requeue(self) -> None:
         resent = len(self._in_flight)
@@ -310,6 +309,7 @@ class ZmqTrainerLink:
         self.counters.inc("resent", resent)
 
     def _lose(self, why: str) -> None:
+        self._weights_in = wire.WeightsReceiver(self.config.limits)  # chunks of a lost session never continue
         if self._session is not None:
             self.counters.inc("disconnects")
             log.warning("trainer link: lost the trainer at %s: %s; reconnecting", self.config.endpoint, why)

@@ -11,6 +11,7 @@ trainer link", lists the kinds and fields.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from dataclasses import dataclass, field
@@ -36,9 +37,10 @@ ACK = "ack"  # sequence numbers stored (or duplicates) and refused for good
 WEIGHTS = "weights"  # ONNX bytes with version, train step, sha256 and specs
 
 CODECS = ("png", "jpeg", "raw")
-# Weights travel in frames of this size: CURVE encrypts frame by frame, so the trainer encrypts,
-# the wire carries and the robot decrypts different frames at once (about half the latency of
-# one 41 MB frame), and the robot's MAXMSGSIZE stays small.
+# Weights travel as a series of WEIGHTS messages of one chunk each: CURVE encrypts frame by
+# frame, so the trainer encrypts, the wire carries, and the robot decrypts and hashes different
+# chunks at once (the sha256 is known when the last chunk is in), and the robot's MAXMSGSIZE
+# stays small.
 WEIGHTS_CHUNK_BYTES = 1 << 20
 _INT64_MAX = 2**63 - 1
 
@@ -183,7 +185,9 @@ def pack_transitions(robot_id: str, codec: str, specs: Specs, batch: list[tuple[
     return pack(TRANSITIONS, fields, [f for _, encoded in batch for f in encoded.frames])
 
 
-def pack_weights(weights: PolicyWeights, session: str) -> list[bytes]:
+def pack_weights(weights: PolicyWeights, session: str) -> list[list[bytes]]:
+    """The WEIGHTS messages that carry `weights`: each holds the whole envelope, the offset of its
+    chunk and the chunk (a view of the bytes, not a copy); sent in order (see WeightsReceiver)."""
     fields = {
         "session": session,
         "version": weights.version,
@@ -194,7 +198,7 @@ def pack_weights(weights: PolicyWeights, session: str) -> list[bytes]:
         "nbytes": len(weights.onnx),
     }
     view = memoryview(weights.onnx)
-    return pack(WEIGHTS, fields, [view[i : i + WEIGHTS_CHUNK_BYTES] for i in range(0, len(view), WEIGHTS_CHUNK_BYTES)])
+    return [pack(WEIGHTS, {**fields, "offset": offset}, [view[offset : offset + WEIGHTS_CHUNK_BYTES]]) for offset in range(0, len(view), WEIGHTS_CHUNK_BYTES)]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -280,6 +284,7 @@ def _build_schemas(limits: Limits) -> _Schemas:
             "observation_spec": spec,
             "action_spec": spec,
             "nbytes": _int(1, limits.max_weights_bytes),
+            "offset": _int(0, limits.max_weights_bytes),
         },
     }
     return _Schemas({"trainer": to_trainer, "robot": to_robot}, item)
@@ -402,19 +407,64 @@ def _name(t: Transition) -> str:
     return f"transition {t.episode_id!r}/{t.step}"
 
 
-def decode_weights(message: Message, limits: Limits = DEFAULT_LIMITS) -> PolicyWeights:
-    """The weights in a WEIGHTS message, refused unless the bytes match their sha256."""
-    header, frames = message.header, message.frames
-    if not frames or any(len(f) > WEIGHTS_CHUNK_BYTES for f in frames) or sum(len(f) for f in frames) != header["nbytes"]:
-        raise ProtocolError("frame_size", f"weights: {len(frames)} frames of {sum(len(f) for f in frames)} bytes in all, the header says {header['nbytes']} in chunks of at most {WEIGHTS_CHUNK_BYTES}")
+@dataclass
+class _PartialWeights:
+    envelope: dict[str, Any]  # the WEIGHTS header without its offset: the same on every chunk
+    chunks: list[bytes]
+    received: int
+    digest: Any  # hashlib's sha256 of the chunks so far
+
+
+class WeightsReceiver:
+    """Puts the WEIGHTS chunks of one version back together on the robot, hashing each chunk as it
+    arrives, so the sha256 of the whole is known as soon as its last chunk is in. A chunk that
+    does not continue the weights being received (a gap, another envelope) drops them; the first
+    chunk of a version starts over."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self._partial: _PartialWeights | None = None
+
+    @property
+    def receiving(self) -> int | None:
+        """The version whose chunks are arriving, if any."""
+        return self._partial.envelope["version"] if self._partial is not None else None
+
+    def add(self, message: Message) -> PolicyWeights | None:
+        """The weights that `message` completes, or None while chunks are missing; ProtocolError
+        if it is refused (then nothing of that version is kept)."""
+        header, frames = message.header, message.frames
+        envelope = {name: value for name, value in header.items() if name != "offset"}
+        if header["offset"] == 0:
+            self._partial = _PartialWeights(envelope, [], 0, hashlib.sha256())
+        partial, self._partial = self._partial, None  # kept only if this chunk is good
+        version, nbytes = header["version"], header["nbytes"]
+        if partial is None or envelope != partial.envelope or header["offset"] != partial.received:
+            raise ProtocolError("weights_chunk", f"weights v{version}: the chunk at byte {header['offset']} does not continue the weights being received")
+        size = len(frames[0]) if len(frames) == 1 else 0
+        end = partial.received + size
+        if not 0 < size <= WEIGHTS_CHUNK_BYTES or end > nbytes or (size < WEIGHTS_CHUNK_BYTES and end != nbytes):
+            raise ProtocolError("frame_size", f"weights v{version}: {len(frames)} frames of {[len(f) for f in frames]} bytes at byte {partial.received} of {nbytes}, in chunks of {WEIGHTS_CHUNK_BYTES}")
+        partial.chunks.append(frames[0])
+        partial.digest.update(frames[0])
+        partial.received = end
+        if end < nbytes:
+            self._partial = partial
+            return None
+        return _verified_weights(partial.envelope, b"".join(partial.chunks), partial.digest.hexdigest())
+
+
+def _verified_weights(envelope: dict[str, Any], onnx: bytes, digest: str) -> PolicyWeights:
+    version = envelope["version"]
     try:
-        observation_spec = ObservationSpec.from_json(header["observation_spec"])
-        action_spec = ActionSpec.from_json(header["action_spec"])
+        observation_spec = ObservationSpec.from_json(envelope["observation_spec"])
+        action_spec = ActionSpec.from_json(envelope["action_spec"])
     except SpecError as exc:
-        raise ProtocolError("bad_spec", f"weights v{header['version']}: {exc}") from None
-    weights = PolicyWeights(header["version"], header["train_step"], b"".join(frames), header["sha256"], observation_spec, action_spec)
-    if weights.onnx_sha256 != weights.sha256:  # computed once: load_policy's check reuses it
-        raise ProtocolError("sha256_mismatch", f"weights v{header['version']}: sha256 {weights.onnx_sha256[:12]}… does not match the envelope's {weights.sha256[:12]}…")
+        raise ProtocolError("bad_spec", f"weights v{version}: {exc}") from None
+    if digest != envelope["sha256"]:
+        raise ProtocolError("sha256_mismatch", f"weights v{version}: sha256 {digest[:12]}… does not match the envelope's {envelope['sha256'][:12]}…")
+    weights = PolicyWeights(version, envelope["train_step"], onnx, envelope["sha256"], observation_spec, action_spec)
+    vars(weights)["onnx_sha256"] = digest  # the hash of exactly these bytes, where the cached property keeps it: not computed again
     return weights
 
 

@@ -30,12 +30,15 @@ def trainer_parses(frames):
         assert exc.reason and str(exc)
 
 
+RECEIVER = wire.WeightsReceiver()  # one for all messages: chunks of mutated weights meet half-received ones
+
+
 def robot_parses(frames):
     fed["robot"] += 1
     try:
         message = wire.parse(frames, "robot")
         if message.kind == wire.WEIGHTS:
-            wire.decode_weights(message)
+            RECEIVER.add(message)
     except wire.ProtocolError as exc:
         assert exc.reason and str(exc)
 
@@ -47,6 +50,7 @@ def batch(count, codec):
 
 
 WEIGHTS = PolicyWeights.from_onnx(b"\x08\x07" + bytes(range(200)), version=3, train_step=9, observation_spec=OBS, action_spec=ACT)
+CHUNKED = PolicyWeights.from_onnx(bytes(wire.WEIGHTS_CHUNK_BYTES + 100), version=4, train_step=9, observation_spec=OBS, action_spec=ACT)
 TO_TRAINER = [
     batch(1, wire.Codec("png")),
     batch(2, wire.Codec("png")),  # the second item ends the episode: two image frames
@@ -56,7 +60,8 @@ TO_TRAINER = [
     wire.pack(wire.HEARTBEAT, {"robot": "r1", "weights_version": 2, "weights_seen": 3, "backlog": 10}),
 ]
 TO_ROBOT = [
-    wire.pack_weights(WEIGHTS, "s1"),
+    *wire.pack_weights(WEIGHTS, "s1"),
+    *wire.pack_weights(CHUNKED, "s1"),  # two chunks
     wire.pack(wire.WELCOME, {"session": "s1", "accepted": True, "reason": "", "weights_version": 3}),
     wire.pack(wire.ACK, {"session": "s1", "acked": [1, 2, 3], "rejected": [4]}),
     wire.pack(wire.HEARTBEAT, {"session": "s1", "weights_version": 3}),
@@ -68,7 +73,7 @@ scalars = st.one_of(
 values = scalars | st.lists(scalars, max_size=3) | st.dictionaries(st.sampled_from(["shape", "dtype", "state", "image", "seq"]), scalars, max_size=3)
 field_names = st.sampled_from(
     ["v", "kind", "robot", "session", "codec", "items", "image", "state", "action", "seq", "episode", "step", "reward", "next",
-     "terminal", "truncated", "stamp", "acked", "rejected", "version", "sha256", "nbytes", "observation_spec", "weights_version"]
+     "terminal", "truncated", "stamp", "acked", "rejected", "version", "sha256", "nbytes", "offset", "observation_spec", "weights_version"]
 )
 kinds = st.sampled_from([wire.HELLO, wire.TRANSITIONS, wire.HEARTBEAT, wire.WELCOME, wire.ACK, wire.WEIGHTS, "other"])
 
@@ -173,7 +178,6 @@ def test_the_templates_themselves_parse():
         message = wire.parse(frames, "trainer")
         if message.kind == wire.TRANSITIONS:
             assert all(d.error is None for d in wire.decode_transitions(message, SPECS))
-    for frames in TO_ROBOT:
-        message = wire.parse(frames, "robot")
-        if message.kind == wire.WEIGHTS:
-            assert wire.decode_weights(message).onnx == WEIGHTS.onnx
+    receiver = wire.WeightsReceiver()
+    completed = [receiver.add(m) for m in map(lambda f: wire.parse(f, "robot"), TO_ROBOT) if m.kind == wire.WEIGHTS]
+    assert [w.onnx if w else None for w in completed] == [WEIGHTS.onnx, None, CHUNKED.onnx]

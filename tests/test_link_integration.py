@@ -145,6 +145,10 @@ class FakeTrainer:
     def send(self, identity, frames):
         self.socket.send_multipart([identity, *frames])
 
+    def send_weights(self, identity, weights):
+        for frames in wire.pack_weights(weights, "s1"):
+            self.send(identity, frames)
+
 
 def test_weights_whose_sha256_or_specs_do_not_match_are_refused(tmp_path, keys, cleanup):
     fake = FakeTrainer(keys, cleanup)
@@ -154,14 +158,14 @@ def test_weights_whose_sha256_or_specs_do_not_match_are_refused(tmp_path, keys, 
     fake.send(identity, wire.pack(wire.WELCOME, {"session": "s1", "accepted": True, "reason": "", "weights_version": 1}))
 
     corrupted = dataclasses.replace(weights(1), onnx=weights(1).onnx[:-1] + b"X")  # sha256 of the original bytes
-    fake.send(identity, wire.pack_weights(corrupted, "s1"))
+    fake.send_weights(identity, corrupted)
     wait_for(lambda: robot.status().counters.get("refused.sha256_mismatch") == 1, DEADLINE_S, "the corrupted weights refused")
     other_specs = PolicyWeights.from_onnx(b"m" * 100, version=2, train_step=0, observation_spec=OBS, action_spec=ActionSpec(names=("a", "b")))
-    fake.send(identity, wire.pack_weights(other_specs, "s1"))
+    fake.send_weights(identity, other_specs)
     wait_for(lambda: robot.status().counters.get("refused.spec_mismatch") == 1, DEADLINE_S, "weights for other specs refused")
     assert robot.latest_weights(-1) is None
 
-    fake.send(identity, wire.pack_weights(weights(3), "s1"))
+    fake.send_weights(identity, weights(3))
     wait_for(lambda: robot.latest_weights(-1) is not None, DEADLINE_S, "good weights")
     assert robot.latest_weights(-1).version == 3
     assert robot.latest_weights(3) is None

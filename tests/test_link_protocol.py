@@ -160,33 +160,76 @@ def test_the_robot_refuses_to_encode_a_transition_that_breaks_its_specs():
         assert info.value.reason == reason, reason
 
 
-def weights_message(onnx=b"\x08\x07onnx-bytes", **changes):
+def weights_messages(onnx=b"\x08\x07onnx-bytes", **changes):
     weights = PolicyWeights.from_onnx(onnx, version=7, train_step=1000, observation_spec=OBS, action_spec=ACT)
-    frames = wire.pack_weights(dataclasses.replace(weights, **changes), "session1")
-    return wire.parse(frames, "robot")
+    return [wire.parse(frames, "robot") for frames in wire.pack_weights(dataclasses.replace(weights, **changes), "session1")]
+
+
+def receive(messages, receiver=None):
+    receiver = receiver or wire.WeightsReceiver()
+    return [receiver.add(m) for m in messages]
 
 
 def test_weights_decode_only_when_the_sha256_matches():
-    weights = wire.decode_weights(weights_message())
+    [weights] = receive(weights_messages())
     assert (weights.version, weights.train_step, weights.onnx) == (7, 1000, b"\x08\x07onnx-bytes")
     assert weights.observation_spec == OBS and weights.action_spec == ACT
     with pytest.raises(wire.ProtocolError) as info:
-        wire.decode_weights(weights_message(sha256=hashlib.sha256(b"other").hexdigest()))
+        receive(weights_messages(sha256=hashlib.sha256(b"other").hexdigest()))
     assert info.value.reason == "sha256_mismatch"
-    tampered = weights_message()
-    with pytest.raises(wire.ProtocolError, match="the header says 12"):
-        wire.decode_weights(tampered._replace(frames=[tampered.frames[0][:-1]]))
+    [tampered] = weights_messages()
+    with pytest.raises(wire.ProtocolError, match="of 12"):
+        receive([tampered._replace(frames=[tampered.frames[0][:-1]])])
 
 
-def test_large_weights_travel_in_chunks_and_join_back():
+def test_large_weights_travel_in_chunks_hashed_as_they_arrive():
     onnx = os.urandom(2 * wire.WEIGHTS_CHUNK_BYTES + 5)
-    message = weights_message(onnx)
-    assert [len(f) for f in message.frames] == [wire.WEIGHTS_CHUNK_BYTES, wire.WEIGHTS_CHUNK_BYTES, 5]
-    assert wire.decode_weights(message).onnx == onnx
-    oversized = message._replace(frames=[b"".join(message.frames[:2]), message.frames[2]])
+    messages = weights_messages(onnx)
+    assert [len(m.frames[0]) for m in messages] == [wire.WEIGHTS_CHUNK_BYTES, wire.WEIGHTS_CHUNK_BYTES, 5]
+    assert [m.header["offset"] for m in messages] == [0, wire.WEIGHTS_CHUNK_BYTES, 2 * wire.WEIGHTS_CHUNK_BYTES]
+    *pending, weights = receive(messages)
+    assert pending == [None, None] and weights.onnx == onnx
+    assert vars(weights)["onnx_sha256"] == hashlib.sha256(onnx).hexdigest()  # known on arrival: nobody hashes it again
+
+
+@pytest.mark.parametrize("sequence, reason", [
+    (lambda m: [m[0], m[2]], "weights_chunk"),  # a chunk lost
+    (lambda m: [m[1], m[2]], "weights_chunk"),  # the start missed
+    (lambda m: [m[0], m[0]._replace(header={**m[1].header, "version": 8}), m[2]], "weights_chunk"),  # another version's chunk
+    (lambda m: [m[0], m[1]._replace(frames=[m[1].frames[0][:-1]])], "frame_size"),  # a short chunk before the last
+    (lambda m: [m[0], m[1]._replace(frames=[m[1].frames[0], b"x"])], "frame_size"),  # two frames in one chunk
+])
+def test_chunks_that_do_not_add_up_are_refused_and_the_version_dropped(sequence, reason):
+    messages = weights_messages(os.urandom(2 * wire.WEIGHTS_CHUNK_BYTES + 5))
+    receiver = wire.WeightsReceiver()
     with pytest.raises(wire.ProtocolError) as info:
-        wire.decode_weights(oversized)
-    assert info.value.reason == "frame_size"
+        receive(sequence(messages), receiver)
+    assert info.value.reason == reason and receiver.receiving is None
+    assert receive(messages, receiver)[-1] is not None  # a complete resend gets through
+
+
+def test_the_first_chunk_of_a_version_starts_over():
+    first, second = weights_messages(os.urandom(wire.WEIGHTS_CHUNK_BYTES + 1)), weights_messages(os.urandom(wire.WEIGHTS_CHUNK_BYTES + 1), version=8)
+    receiver = wire.WeightsReceiver()
+    assert receive([first[0]], receiver) == [None] and receiver.receiving == 7
+    assert receive(second, receiver)[-1].version == 8 and receiver.receiving is None
+
+
+def test_weights_the_link_verified_are_not_hashed_again_by_the_loader(monkeypatch):
+    from node_helpers import ACT as POLICY_ACT, OBS as POLICY_OBS, constant_model
+
+    from robot_node.policy import ModelRejected, load_policy
+
+    onnx = constant_model([0.1, 0.2, 0.3, 0.4], version=3)
+    offered = PolicyWeights.from_onnx(onnx, version=3, train_step=9, observation_spec=POLICY_OBS, action_spec=POLICY_ACT)
+    messages = [wire.parse(frames, "robot") for frames in wire.pack_weights(offered, "s")]
+    hashing, real_sha256 = [], hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *data: hashing.append(data) or real_sha256(*data))
+    runner = load_policy(receive(messages)[-1], POLICY_OBS, POLICY_ACT)
+    assert runner.version == 3 and len(hashing) == 1  # the link's hash, chunk by chunk; the loader reused it
+    forged = PolicyWeights(3, 9, onnx[:-1] + b"\0", real_sha256(onnx).hexdigest(), POLICY_OBS, POLICY_ACT)
+    with pytest.raises(ModelRejected, match="sha256 mismatch"):  # weights from anywhere else are still checked
+        load_policy(forged, POLICY_OBS, POLICY_ACT)
 
 
 def test_the_robot_parses_only_trainer_kinds():
@@ -217,6 +260,22 @@ def test_spool_keeps_unacknowledged_transitions_across_a_restart(tmp_path):
     assert spool.unacked() == [2, 3, 5]
     assert spool.get(3).item["step"] == 3 and spool.get(4) is None
     assert spool.append(encoded(1, start=6)) == [6]  # numbering continues after a restart
+    spool.close()
+
+
+def test_spool_sends_its_newest_transitions_from_memory_and_older_ones_from_disk(tmp_path):
+    batch = encoded(6)
+    size = sum(len(f) for f in batch[0].frames)
+    spool = Spool(tmp_path / "spool", recent_bytes=3 * size)  # room for the newest three
+    spool.append(batch)
+    segment = max((tmp_path / "spool").glob("*.log"))
+    pristine = segment.read_bytes()
+    segment.write_bytes(bytes(len(pristine)))  # the disk no longer holds them
+    assert [spool.get(seq).item["step"] for seq in (3, 4, 5)] == [3, 4, 5]
+    with pytest.raises(ValueError):  # read from the (zeroed) disk
+        spool.get(0)
+    segment.write_bytes(pristine)
+    assert spool.get(0).item["step"] == 0 and spool.get(5).item["step"] == 5  # after the first send: from disk
     spool.close()
 
 

@@ -82,7 +82,7 @@ class TrainerServer:
         self._robots: dict[bytes, _Robot] = {}  # by ZeroMQ routing id
         self._deferred: collections.deque[tuple[bytes, wire.Message]] = collections.deque()
         self._weights_lock = threading.Lock()
-        self._weights: tuple[PolicyWeights, list[bytes]] | None = None
+        self._weights: tuple[PolicyWeights, list[list[bytes]]] | None = None
         self._context = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
         try:
@@ -103,11 +103,11 @@ class TrainerServer:
             raise ValueError(f"weights v{weights.version} are for other specs than this trainer's robots")
         if len(weights.onnx) > self.config.limits.max_weights_bytes:
             raise ValueError(f"weights of {len(weights.onnx)} bytes exceed the limit of {self.config.limits.max_weights_bytes}")
-        frames = wire.pack_weights(weights, self.session)
+        messages = wire.pack_weights(weights, self.session)
         with self._weights_lock:
             if self._weights is not None and weights.version <= self._weights[0].version:
                 raise ValueError(f"weights v{weights.version} are not newer than v{self._weights[0].version}")
-            self._weights = (weights, frames)
+            self._weights = (weights, messages)
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -286,11 +286,11 @@ class TrainerServer:
             current = self._weights
         if current is None:
             return
-        weights, frames = current
+        weights, messages = current
         for identity, robot in list(self._robots.items()):
             in_flight = robot.weights_seen < robot.sent_version
-            if robot.sent_version < weights.version and not in_flight and self._send(identity, frames):
-                robot.sent_version = weights.version
+            if robot.sent_version < weights.version and not in_flight and all(self._send(identity, m) for m in messages):
+                robot.sent_version = weights.version  # else the robot drops the partial copy when it gets chunk 0 again
                 self.counters.inc("weights_sent")
 
     def _heartbeat_fields(self) -> dict[str, Any]:
