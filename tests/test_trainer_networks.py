@@ -52,7 +52,7 @@ def test_independent_minibatches_reach_their_own_members():
     with torch.no_grad():
         own = agent.features(images)
         for i in range(3):
-            torch.testing.assert_close(own[i], agent.features(images[i : i + 1])[i])
+            torch.testing.assert_close(own[i], agent.features(images[i : i + 1])[0])
 
 
 def test_moment_matching_equals_a_monte_carlo_estimate_of_the_mixture():

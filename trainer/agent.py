@@ -40,7 +40,8 @@ class EnsembleAgent(nn.Module):
         return self.encoder.out_dim * (self.ensemble_size if self.config.encoder == "per_member" else 1)
 
     def features(self, obs: torch.Tensor, augment_pad: int = 0) -> torch.Tensor:
-        """uint8 images [M, B, H, W, 3] or cached features [M, B, feature_dim] -> [N, B, D]."""
+        """uint8 images [M, B, H, W, 3] or cached features [1, B, feature_dim] -> encoder
+        output [M, B, D] for a shared encoder (M = 1: shared by all members), [N, B, D] else."""
         if obs.dtype == torch.uint8:
             return self.encoder(random_shift(obs, augment_pad) if augment_pad else obs)
         n = self.ensemble_size
@@ -48,7 +49,7 @@ class EnsembleAgent(nn.Module):
             if obs.shape[0] != 1:
                 raise ValueError("cached per-member features are sampled as one minibatch shared by all members")
             return obs.float()[0].reshape(obs.shape[1], n, -1).transpose(0, 1)
-        return obs.float().expand(n, -1, -1)
+        return obs.float()
 
     def state_input(self, state: torch.Tensor | None) -> torch.Tensor | None:
         return state if self.state_dim else None
@@ -75,7 +76,7 @@ class EnsembleAgent(nn.Module):
     def flat_features(self, images: torch.Tensor) -> torch.Tensor:
         """Encoder output for uint8 images [B, H, W, 3] as one row per image [B, feature_dim]
         (per-member encoders: the members' features side by side)."""
-        features = self.encoder(images.unsqueeze(0))  # [N or 1, B, D]
+        features = self.encoder(images.unsqueeze(0))  # [1 or N, B, D]
         return features[0] if self.config.encoder == "shared" else features.transpose(0, 1).reshape(images.shape[0], -1)
 
     @torch.no_grad()

@@ -44,7 +44,11 @@ class NetworkConfig:
 
 
 class EnsembleLinear(nn.Module):
-    """N independent linear layers applied as one batched matmul: [N, B, in] -> [N, B, out]."""
+    """N independent linear layers as one batched matmul: [N, B, in] -> [N, B, out].
+
+    An input shared by all members ([1, B, in], e.g. one encoder's features) goes through
+    one matmul against all members' weights side by side, reading the input once.
+    """
 
     def __init__(self, members: int, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -55,6 +59,10 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        members, in_features, out_features = self.weight.shape
+        if x.shape[0] == 1 and members > 1:
+            y = x[0] @ self.weight.permute(1, 0, 2).reshape(in_features, members * out_features)
+            return y.reshape(x.shape[1], members, out_features).transpose(0, 1) + self.bias
         return torch.baddbmm(self.bias, x, self.weight)
 
 
@@ -86,7 +94,8 @@ class EnsembleMLP(nn.Module):
 
 
 class Trunk(nn.Module):
-    """Per-member Linear + LayerNorm + tanh on the encoder output (DrQ-v2), then the state.
+    """Per-member Linear + LayerNorm + tanh on the encoder output (DrQ-v2), then the state:
+    [1 or N, B, D] -> [N, B, F (+ S)].
 
     Without the trunk the first head layer alone would hold tens of millions of parameters.
     """
@@ -104,11 +113,12 @@ class Trunk(nn.Module):
 
 
 class PixelEncoder(nn.Module):
-    """Four 3x3 convolutions with ReLU on uint8 RGB in [N or 1, B, H, W, 3] -> features [N, B, D].
+    """Four 3x3 convolutions with ReLU on uint8 RGB [M, B, H, W, 3] -> features [M or N, B, D].
 
     Normalisation (x / 255 - 0.5) happens here, so exported graphs take camera bytes as they
-    come. A shared encoder folds the member dimension into the batch; a per-member encoder
-    folds it into the channels and runs grouped convolutions.
+    come. A shared encoder folds the member axis M (1: one minibatch for all, N: one each)
+    into the batch and keeps it; a per-member encoder folds the members into the channels,
+    runs grouped convolutions and always returns N rows.
     """
 
     def __init__(self, image_shape: tuple[int, int, int], config: NetworkConfig) -> None:
@@ -132,8 +142,7 @@ class PixelEncoder(nn.Module):
         m, b = images.shape[:2]
         x = images.float().div(255.0).sub(0.5).permute(0, 1, 4, 2, 3)  # [M, B, 3, H, W]
         if self.groups == 1:
-            out = self.convs(x.reshape(m * b, *x.shape[2:]))
-            return out.reshape(m, b, -1).expand(self.members, -1, -1)
+            return self.convs(x.reshape(m * b, *x.shape[2:])).reshape(m, b, -1)
         x = x.expand(self.members, -1, -1, -1, -1).transpose(0, 1).reshape(b, -1, *x.shape[3:])
         out = self.convs(x)  # [B, N*C, h, w]
         return out.reshape(b, self.members, -1).transpose(0, 1)
