@@ -53,7 +53,9 @@ class LoopedCritic(nn.Module):
         self.members = nn.ModuleList(members)
 
     def embed(self, features: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
-        return torch.cat([m.embed(_member_slice(features, i), _member_slice(state, i)) for i, m in enumerate(self.members)])
+        return torch.cat(
+            [m.embed(_member_slice(features, i), _member_slice(state, i)) for i, m in enumerate(self.members)]
+        )
 
     def q(self, embedding: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return torch.cat([m.q(embedding[i : i + 1], actions[i : i + 1]) for i, m in enumerate(self.members)])
@@ -65,7 +67,10 @@ class LoopedCritic(nn.Module):
 def make_agent(config: NetworkConfig, looped: bool) -> EnsembleAgent:
     agent = EnsembleAgent(SPEC, ACTIONS, config)
     if looped:
-        singles = [EnsembleAgent(SPEC, ACTIONS, dataclasses.replace(config, ensemble_size=1)) for _ in range(config.ensemble_size)]
+        singles = [
+            EnsembleAgent(SPEC, ACTIONS, dataclasses.replace(config, ensemble_size=1))
+            for _ in range(config.ensemble_size)
+        ]
         agent.actor = LoopedActor([s.actor for s in singles])
         agent.critic = LoopedCritic([s.critic for s in singles])
         agent.critic_target = LoopedCritic([s.critic_target for s in singles]).requires_grad_(False)
@@ -81,10 +86,20 @@ def random_batch(agent: EnsembleAgent, members: int, size: int, pixels: bool) ->
     def state() -> torch.Tensor:
         return torch.randn(members, size, SPEC.state_dim)
 
-    return Batch(obs(), state(), torch.rand(members, size, 4) * 2 - 1, torch.rand(members, size), torch.ones(members, size), obs(), state())
+    return Batch(
+        obs(),
+        state(),
+        torch.rand(members, size, 4) * 2 - 1,
+        torch.rand(members, size),
+        torch.ones(members, size),
+        obs(),
+        state(),
+    )
 
 
-def updates_per_second(config: NetworkConfig, looped: bool, policy: str, batch_size: int, cql: bool, pixels: bool, repeats: int) -> float:
+def updates_per_second(
+    config: NetworkConfig, looped: bool, policy: str, batch_size: int, cql: bool, pixels: bool, repeats: int
+) -> float:
     torch.manual_seed(0)
     agent = make_agent(config, looped)
     sac = EnsembleSAC(agent, SACConfig(), policy=policy, cql=CQLConfig() if cql else None, train_encoder=pixels)
@@ -116,7 +131,9 @@ def _time(step, batch, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller offline and pixel batches (under a minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats and smaller offline and pixel batches (under a minute)"
+    )
     parser.add_argument("--ensemble-size", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--hidden-dim", type=int, default=NetworkConfig.hidden_dim)
@@ -134,7 +151,8 @@ def main() -> None:
     for name, (policy, batch_size, cql, pixels) in cases.items():
         for looped in (False, True):
             rates[name, looped] = updates_per_second(config, looped, policy, batch_size, cql, pixels, repeats)
-            print(f"{name} {'looped' if looped else 'vectorised'} (batch {batch_size}): {rates[name, looped]:.2f} updates/s", flush=True)
+            kind = "looped" if looped else "vectorised"
+            print(f"{name} {kind} (batch {batch_size}): {rates[name, looped]:.2f} updates/s", flush=True)
     separate = separate_agents_per_second(config, small_batch, repeats)
     print(f"{args.ensemble_size} separate pixel agents (batch {small_batch}): {separate:.2f} updates/s", flush=True)
     figures = {

@@ -41,7 +41,7 @@ def bench_tree(repeats: int) -> dict[str, float]:
     rates = {}
     for size in (256, 65_536):  # one learner batch; a large catch-up batch
         indices, priorities = rng.integers(0, ENTRIES, size), rng.uniform(0.001, 10.0, size)
-        rates[size] = size / median_seconds(lambda: tree.update(indices, priorities), repeats)
+        rates[size] = size / median_seconds(lambda i=indices, p=priorities: tree.update(i, p), repeats)
     return {
         "sample256_ms": round(sample * 1e3, 4),
         "priority_updates_per_s": round(rates[256]),
@@ -52,17 +52,42 @@ def bench_tree(repeats: int) -> dict[str, float]:
 def bench_memory(episodes: int) -> dict[str, float]:
     """Offline episodes plus the same amount streamed online, as the learner holds them."""
     frames = np.random.default_rng(1).integers(0, 256, (STEPS + 1, *IMAGE), dtype=np.uint8)
-    episode = Episode(frames, np.zeros((STEPS + 1, 6), np.float32), np.zeros((STEPS, 4), np.float32), np.zeros(STEPS, np.float32),
-                      np.zeros(STEPS, bool), np.eye(1, STEPS, STEPS - 1, dtype=bool)[0])
+    episode = Episode(
+        frames,
+        np.zeros((STEPS + 1, 6), np.float32),
+        np.zeros((STEPS, 4), np.float32),
+        np.zeros(STEPS, np.float32),
+        np.zeros(STEPS, bool),
+        np.eye(1, STEPS, STEPS - 1, dtype=bool)[0],
+    )
     offline = FrameStore(episodes * (STEPS + 1), IMAGE, 6, 4)
     for _ in range(episodes):
         offline.add_episode(episode)
-    replay = Replay(ReplayConfig(online_capacity=episodes * (STEPS + 1)), FrameStore(episodes * (STEPS + 1), IMAGE, 6, 4), offline, warmup=1)
+    replay = Replay(
+        ReplayConfig(online_capacity=episodes * (STEPS + 1)),
+        FrameStore(episodes * (STEPS + 1), IMAGE, 6, 4),
+        offline,
+        warmup=1,
+    )
     for e in range(episodes):
         for t in range(STEPS):
             last = t == STEPS - 1
-            replay.add(Transition(f"e{e}", t, frames[t], np.zeros(6, np.float32), np.zeros(4, np.float32), 0.0, False, last, 0, 0.0,
-                                  frames[t + 1] if last else None, np.zeros(6, np.float32) if last else None))
+            replay.add(
+                Transition(
+                    f"e{e}",
+                    t,
+                    frames[t],
+                    np.zeros(6, np.float32),
+                    np.zeros(4, np.float32),
+                    0.0,
+                    False,
+                    last,
+                    0,
+                    0.0,
+                    frames[t + 1] if last else None,
+                    np.zeros(6, np.float32) if last else None,
+                )
+            )
     transitions = offline.num_transitions + replay.online.num_transitions
     return {
         "bytes_per_transition_over_frame": round(replay.nbytes / transitions / np.prod(IMAGE), 4),
@@ -72,7 +97,9 @@ def bench_memory(episodes: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller memory sample (under a minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats and a smaller memory sample (under a minute)"
+    )
     args = parser.parse_args()
     repeats = 50 if args.quick else 500
     print(f"sum tree with {ENTRIES:,} entries, {repeats} repeats ...", flush=True)

@@ -3,13 +3,13 @@ relative to the dataset's actions, where plain SAC does not."""
 
 import pytest
 import torch
+from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
 
 from robot_node.spec import ActionSpec, ObservationSpec
 from trainer.agent import EnsembleAgent
 from trainer.cql import CQLConfig
 from trainer.networks import NetworkConfig
 from trainer.sac import Batch, EnsembleSAC, SACConfig
-from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
 
 OBS = ObservationSpec((8, 8, 3), ())
 NET = NetworkConfig(ensemble_size=2, channels=4, strides=(2, 1), feature_dim=8, hidden_dim=64)
@@ -21,7 +21,9 @@ def toy_batch(agent: EnsembleAgent, generator: torch.Generator, size: int = 128)
     features = torch.randn(1, size, agent.feature_dim, generator=generator)
     actions = (DATA_ACTION + 0.05 * torch.randn(1, size, 4, generator=generator)).clamp(-1, 1)
     reward = 1.0 - (actions - DATA_ACTION).abs().mean(-1)
-    return Batch(features, torch.zeros(1, size, 0), actions, reward, torch.zeros(1, size), features, torch.zeros(1, size, 0))
+    return Batch(
+        features, torch.zeros(1, size, 0), actions, reward, torch.zeros(1, size), features, torch.zeros(1, size, 0)
+    )
 
 
 def q_gap_after_training(cql: CQLConfig | None, steps: int = 100) -> tuple[float, float]:
@@ -51,7 +53,9 @@ def test_cql_lowers_q_on_out_of_distribution_actions_relative_to_data_actions():
 def test_lagrange_variant_tunes_its_multiplier():
     torch.manual_seed(0)
     agent = EnsembleAgent(OBS, ActionSpec(), NET)
-    sac = EnsembleSAC(agent, SACConfig(), policy="members", cql=CQLConfig(lagrange=True, target_action_gap=1.0, lagrange_lr=1e-2))
+    sac = EnsembleSAC(
+        agent, SACConfig(), policy="members", cql=CQLConfig(lagrange=True, target_action_gap=1.0, lagrange_lr=1e-2)
+    )
     generator = torch.Generator().manual_seed(0)
     metrics = [sac.update(toy_batch(agent, generator)) for _ in range(30)]
     assert metrics[0]["cql/multiplier"] == pytest.approx(1.0, abs=0.02)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
 
 from trainer.density_ratio import DensityRatio, DensityRatioEstimator, js_ratio_loss, priorities
-from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
 
 MU_ONLINE = torch.tensor([0.5, 0.0])
 MU_OFFLINE = torch.tensor([-0.5, 0.0])
@@ -51,7 +51,9 @@ def test_loss_is_lowest_at_the_true_ratio():
     online, offline = torch.randn(20000, 2) + MU_ONLINE, torch.randn(20000, 2) + MU_OFFLINE
     truth = js_ratio_loss(analytic_log_ratio(online).exp(), analytic_log_ratio(offline).exp())
     for scale in (0.5, 2.0):
-        assert js_ratio_loss(scale * analytic_log_ratio(online).exp(), scale * analytic_log_ratio(offline).exp()) > truth
+        assert (
+            js_ratio_loss(scale * analytic_log_ratio(online).exp(), scale * analytic_log_ratio(offline).exp()) > truth
+        )
     assert js_ratio_loss(torch.ones(10), torch.ones(10)) > truth
 
 

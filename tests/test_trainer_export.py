@@ -7,13 +7,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
 
 from robot_node import spec as contract
 from robot_node.spec import ActionSpec, ObservationSpec
 from trainer.agent import EnsembleAgent
 from trainer.export import export_onnx, weights_sha256
 from trainer.networks import NetworkConfig
-from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
 
 NET = NetworkConfig(ensemble_size=3, channels=8, strides=(2, 2, 1, 1), feature_dim=16, hidden_dim=32)
 
@@ -64,7 +64,9 @@ def test_onnxruntime_agrees_with_torch_within_1e_4(exported, batch):
     np.testing.assert_allclose(action, np.tanh(expected_mean.numpy()), atol=1e-4, rtol=0)
     # The graph combines all members: one member alone gives a different answer.
     with torch.no_grad():
-        member_mean = agent.policy(agent.features(torch.as_tensor(image).unsqueeze(0)), torch.as_tensor(state).unsqueeze(0))[0][0]
+        member_mean = agent.policy(
+            agent.features(torch.as_tensor(image).unsqueeze(0)), torch.as_tensor(state).unsqueeze(0)
+        )[0][0]
     assert np.abs(member_mean.numpy() - mean).max() > 1e-3
     assert agent.act(image[0], state[0], deterministic=True) == pytest.approx(action[0], abs=1e-4)
 
@@ -81,7 +83,9 @@ def test_weights_hash_follows_the_weights_not_the_metadata(exported):
     assert meta(changed)[contract.META_WEIGHTS_SHA256] != meta(model)[contract.META_WEIGHTS_SHA256]
 
 
-@pytest.mark.parametrize("state_names, use_state, inputs", [((), True, ["image"]), (("a", "b"), False, ["image", "state"])])
+@pytest.mark.parametrize(
+    "state_names, use_state, inputs", [((), True, ["image"]), (("a", "b"), False, ["image", "state"])]
+)
 def test_graph_inputs_follow_the_spec_even_when_the_agent_ignores_state(state_names, use_state, inputs):
     net = NetworkConfig(ensemble_size=2, channels=4, strides=(2, 1), feature_dim=8, hidden_dim=16, use_state=use_state)
     agent = EnsembleAgent(ObservationSpec((16, 16, 3), state_names), ActionSpec(names=("dx", "dy")), net)

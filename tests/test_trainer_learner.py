@@ -6,6 +6,7 @@ import hashlib
 import numpy as np
 import onnxruntime as ort
 import pytest
+from trainer_helpers import ReachEnv, torch_single_thread, write_reach_dataset  # noqa: F401  (autouse)
 
 from robot_node.link_interface import Transition
 from trainer.agent import EnsembleAgent
@@ -14,7 +15,6 @@ from trainer.networks import NetworkConfig
 from trainer.offline_data import load_offline
 from trainer.replay import ReplayConfig
 from trainer.sac import SACConfig
-from trainer_helpers import ReachEnv, torch_single_thread, write_reach_dataset  # noqa: F401  (autouse)
 
 NET = NetworkConfig(ensemble_size=2, channels=4, strides=(2, 1), feature_dim=8, hidden_dim=32)
 SPEC = ReachEnv().observation_spec
@@ -63,7 +63,9 @@ def test_malformed_transitions_are_refused_counted_and_harmless(tmp_path):
     ]
     assert not any(learner.add_transition(t) for t in bad)
     assert sum(learner.rejected.values()) == len(bad)
-    assert any("image" in reason for reason in learner.rejected) and any("reward" in reason for reason in learner.rejected)
+    assert any("image" in reason for reason in learner.rejected) and any(
+        "reward" in reason for reason in learner.rejected
+    )
     for step in range(10):
         assert learner.add_transition(transition(step, last=step == 9))
     assert learner.replay.counters["transitions"] == 10  # the good data all arrived
@@ -104,5 +106,7 @@ def test_exported_policy_carries_its_hash_and_runs(tmp_path):
     assert weights.version == 3 and weights.sha256 == hashlib.sha256(weights.onnx).hexdigest()
     assert weights.observation_spec == SPEC
     sess = ort.InferenceSession(weights.onnx, providers=["CPUExecutionProvider"])
-    action = sess.run(["action"], {"image": np.zeros((1, *SPEC.image_shape), np.uint8), "state": np.zeros((1, 4), np.float32)})[0]
+    action = sess.run(
+        ["action"], {"image": np.zeros((1, *SPEC.image_shape), np.uint8), "state": np.zeros((1, 4), np.float32)}
+    )[0]
     assert action.shape == (1, 4)

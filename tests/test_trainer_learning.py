@@ -3,8 +3,9 @@ fine-tuned policy must earn clearly more than the pretrained one did."""
 
 import json
 
-from trainer.cli import main
 from trainer_helpers import ENV_ID, torch_single_thread, write_reach_dataset  # noqa: F401  (autouse)
+
+from trainer.cli import main
 
 SMALL = ["--ensemble-size", "2", "--channels", "8", "--strides", "2,1", "--feature-dim", "16", "--hidden-dim", "64"]
 FAST = ["--batch-size", "64", "--actor-lr", "1e-3", "--critic-lr", "1e-3", "--alpha-lr", "1e-3"]
@@ -13,7 +14,12 @@ FAST = ["--batch-size", "64", "--actor-lr", "1e-3", "--critic-lr", "1e-3", "--al
 def test_pretraining_then_fine_tuning_improves_return(tmp_path):
     data = write_reach_dataset(tmp_path / "data", scripted=30, random=30, noise=0.5, seed=0)
     pre, fine = tmp_path / "pre", tmp_path / "fine"
-    assert main(["pretrain", "--data", str(data), "--out", str(pre), "--steps", "500", "--log-every", "100", *SMALL, *FAST]) == 0
+    assert (
+        main(
+            ["pretrain", "--data", str(data), "--out", str(pre), "--steps", "500", "--log-every", "100", *SMALL, *FAST]
+        )
+        == 0
+    )
     args = ["--env", ENV_ID, "--init", str(pre), "--out", str(fine), "--steps", "1000", "--warmup", "200"]
     args += ["--eval-every", "500", "--eval-episodes", "30", "--ratio-batch-size", "64", "--ratio-hidden", "64"]
     assert main(["finetune-local", *args, *FAST]) == 0

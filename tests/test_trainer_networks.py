@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 import torch
+from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
 
 from robot_node.spec import ActionSpec, ObservationSpec
 from trainer.agent import EnsembleAgent
@@ -12,7 +13,6 @@ from trainer.augment import random_shift
 from trainer.checkpoint import select_members
 from trainer.distributions import moment_match, sample_tanh_gaussian
 from trainer.networks import NetworkConfig
-from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
 
 OBS = ObservationSpec((24, 24, 3), ("a", "b", "c"))
 SMALL = NetworkConfig(ensemble_size=3, channels=8, strides=(2, 1), feature_dim=16, hidden_dim=32)

@@ -67,8 +67,16 @@ def test_a_stored_64px_transition_costs_at_most_1_1_frames():
     steps = 40
     store = FrameStore(steps + 1, (64, 64, 3), 6, 4)
     zeros = np.zeros
-    store.add_episode(Episode(zeros((steps + 1, 64, 64, 3), np.uint8), zeros((steps + 1, 6), np.float32), zeros((steps, 4), np.float32),
-                              zeros(steps, np.float32), zeros(steps, bool), np.eye(1, steps, steps - 1, dtype=bool)[0]))
+    store.add_episode(
+        Episode(
+            zeros((steps + 1, 64, 64, 3), np.uint8),
+            zeros((steps + 1, 6), np.float32),
+            zeros((steps, 4), np.float32),
+            zeros(steps, np.float32),
+            zeros(steps, bool),
+            np.eye(1, steps, steps - 1, dtype=bool)[0],
+        )
+    )
     assert store.nbytes / store.num_transitions <= 1.1 * 64 * 64 * 3
 
 
@@ -115,7 +123,9 @@ def test_ring_wrap_around_drops_the_oldest_transitions_from_sampling():
 def test_balanced_replay_starts_at_the_initial_online_fraction():
     offline = offline_store(episodes=20, steps=10)  # 200 offline transitions
     warmup = 50
-    replay = Replay(ReplayConfig(mode="balanced", init_online_fraction=0.25), FrameStore(1000, SHAPE, 1, 4), offline, warmup=warmup)
+    replay = Replay(
+        ReplayConfig(mode="balanced", init_online_fraction=0.25), FrameStore(1000, SHAPE, 1, 4), offline, warmup=warmup
+    )
     for t in range(warmup):
         replay.add(step("e", t, t, last=t == warmup - 1))
     indices = replay.sample(40_000)
@@ -124,7 +134,9 @@ def test_balanced_replay_starts_at_the_initial_online_fraction():
 
 def test_priority_updates_shift_sampling_and_follow_the_running_max():
     offline = offline_store(episodes=2, steps=10)
-    replay = Replay(ReplayConfig(mode="balanced", init_online_fraction=0.5), FrameStore(100, SHAPE, 1, 4), offline, warmup=20)
+    replay = Replay(
+        ReplayConfig(mode="balanced", init_online_fraction=0.5), FrameStore(100, SHAPE, 1, 4), offline, warmup=20
+    )
     offline_slots = offline.transition_slots()
     replay.update_priorities(offline_slots, np.full(len(offline_slots), 1e9))  # clamped to max_priority
     assert replay.max_priority == 1e3

@@ -117,7 +117,12 @@ def write_reach_dataset(root: Path, scripted: int, random: int, noise: float = 1
     env = gym.make(ENV_ID)
     spec = env.unwrapped
     writer = DatasetWriter(
-        root, task="reach", env_id=ENV_ID, observation_spec=spec.observation_spec, action_spec=spec.action_spec, max_episode_steps=MAX_STEPS
+        root,
+        task="reach",
+        env_id=ENV_ID,
+        observation_spec=spec.observation_spec,
+        action_spec=spec.action_spec,
+        max_episode_steps=MAX_STEPS,
     )
     rng = np.random.default_rng(seed)
     sources = [("scripted", lambda s: scripted_action(s, noise, rng))] * scripted

@@ -20,6 +20,7 @@ from trainer.networks import Actor, Critic, NetworkConfig, PixelEncoder
 
 class EnsembleAgent(nn.Module):
     def __init__(self, observation_spec: ObservationSpec, action_spec: ActionSpec, config: NetworkConfig) -> None:
+        """Raises ValueError when the network does not fit the observation (image too small)."""
         super().__init__()
         self.observation_spec = observation_spec
         self.action_spec = action_spec

@@ -28,7 +28,9 @@ class RunError(Exception):
     """A run directory or checkpoint cannot be used; the message says why."""
 
 
-def save_checkpoint(run_dir: Path, agent: EnsembleAgent, *, kind: str, step: int, learner_state: dict, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path, agent: EnsembleAgent, *, kind: str, step: int, learner_state: dict, extra: dict | None = None
+) -> Path:
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -51,7 +53,9 @@ def save_checkpoint(run_dir: Path, agent: EnsembleAgent, *, kind: str, step: int
 def read_checkpoint(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
-        raise RunError(f"{run_dir}: no {CHECKPOINT_NAME}; not a trainer run directory (create one with `o2o-trainer pretrain`)")
+        raise RunError(
+            f"{run_dir}: no {CHECKPOINT_NAME}; not a trainer run directory (create one with `o2o-trainer pretrain`)"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a damaged file
@@ -70,12 +74,16 @@ def agent_from_checkpoint(payload: dict[str, Any], ensemble_size: int | None = N
             raise RunError(f"--ensemble-size {ensemble_size}: the checkpoint holds {network.ensemble_size} members")
         state = select_members(state, network, list(range(ensemble_size)))
         network = dataclasses.replace(network, ensemble_size=ensemble_size)
-    agent = EnsembleAgent(ObservationSpec.from_json(payload["observation_spec"]), ActionSpec.from_json(payload["action_spec"]), network)
+    agent = EnsembleAgent(
+        ObservationSpec.from_json(payload["observation_spec"]), ActionSpec.from_json(payload["action_spec"]), network
+    )
     agent.load_state_dict(state)
     return agent
 
 
-def select_members(state: dict[str, torch.Tensor], network: NetworkConfig, members: list[int]) -> dict[str, torch.Tensor]:
+def select_members(
+    state: dict[str, torch.Tensor], network: NetworkConfig, members: list[int]
+) -> dict[str, torch.Tensor]:
     """An agent state dict restricted to some members, in the order given. Stacked parameters
     lead with members (trunks, actor heads), members × twins (critic heads) or members ×
     channels (per-member encoder); a shared encoder belongs to all members."""

@@ -17,7 +17,9 @@ from trainer.config import FinetuneConfig, PretrainConfig, add_config_flags, con
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="o2o-trainer", description="Offline pretraining, online fine-tuning and export of the policy ensemble.")
+    parser = argparse.ArgumentParser(
+        prog="o2o-trainer", description="Offline pretraining, online fine-tuning and export of the policy ensemble."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     pretrain = commands.add_parser("pretrain", help="train N CQL agents on an offline dataset")
     add_config_flags(pretrain, PretrainConfig)
@@ -79,7 +81,8 @@ def _export(run: Path, out: Path, version: int) -> None:
     data = export_onnx(agent_from_checkpoint(payload), version=version, train_step=int(payload["step"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
-    print(f"wrote {out} ({len(data) / 1e6:.1f} MB, {payload['network']['ensemble_size']} members, step {payload['step']}, version {version})")
+    members = payload["network"]["ensemble_size"]
+    print(f"wrote {out} ({len(data) / 1e6:.1f} MB, {members} members, step {payload['step']}, version {version})")
 
 
 if __name__ == "__main__":

@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 
 from trainer.cql import CQLConfig
+from trainer.learner import STRATEGIES
 from trainer.networks import NetworkConfig
 from trainer.replay import REPLAY_MODES, ReplayConfig
 from trainer.sac import SACConfig
+
+_THREADS_HELP = "CPU threads for torch; 0: torch's default. Where other processes share the cores, 1 is fastest"
 
 
 @dataclass(frozen=True)
@@ -32,9 +36,11 @@ class PretrainConfig:
     batch_size: int = field(default=256, metadata={"help": "transitions per member per step"})
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
+    threads: int = field(default=0, metadata={"help": _THREADS_HELP})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint"})
     member_batches: str = field(
-        default="independent", metadata={"help": "independent (own minibatch per member, as the paper) | shared (N× fewer images to encode)"}
+        default="independent",
+        metadata={"help": "independent (own minibatch per member, as the paper) | shared (N× fewer images to encode)"},
     )
     log_every: int = 50
     checkpoint_every: int = 1_000
@@ -51,21 +57,34 @@ class PretrainConfig:
 class FinetuneConfig:
     """Online fine-tuning against a local gymnasium environment (no ROS, no network)."""
 
-    env: str = field(default="o2o_rl/PickPlace-v0", metadata={"help": "gymnasium id ('module:id' imports module first)"})
+    env: str = field(
+        default="o2o_rl/PickPlace-v0", metadata={"help": "gymnasium id ('module:id' imports module first)"}
+    )
+    env_kwargs: str = field(
+        default="", metadata={"help": 'JSON keyword arguments for gym.make, e.g. {"image_size": 84}'}
+    )
     init: str = field(default="", metadata={"help": "pretrain run to start from; empty: SAC from scratch"})
     data: str = field(default="", metadata={"help": "offline dataset; empty: the one --init was pretrained on"})
     out: str = ""
     steps: int = field(default=5_000, metadata={"help": "environment steps"})
     batch_size: int = 256
     seed: int = 0
-    device: str = "auto"
-    strategy: str = field(default="pessimistic_ensemble", metadata={"help": "online learning strategy (see trainer/learner.py)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
+    threads: int = field(default=0, metadata={"help": _THREADS_HELP})
+    strategy: str = field(
+        default="pessimistic_ensemble", metadata={"help": "online learning strategy (see trainer/learner.py)"}
+    )
     warmup: int = field(default=500, metadata={"help": "online transitions collected before the first update"})
     updates_per_step: int = 1
     freeze_encoder_online: bool | None = field(
-        default=None, metadata={"help": "train only trunks and heads on cached encoder features; default: yes with --init, no from scratch"}
+        default=None,
+        metadata={
+            "help": "train only trunks and heads on cached encoder features; default: yes with --init, no from scratch"
+        },
     )
-    ratio_batch_size: int = field(default=256, metadata={"help": "online and offline minibatch size for the density-ratio network"})
+    ratio_batch_size: int = field(
+        default=256, metadata={"help": "online and offline minibatch size for the density-ratio network"}
+    )
     ratio_lr: float = 3e-4
     ratio_hidden: int = 256
     eval_every: int = field(default=1_000, metadata={"help": "environment steps between deterministic evaluations"})
@@ -73,7 +92,9 @@ class FinetuneConfig:
     log_every: int = 50
     checkpoint_every: int = 1_000
     replay: ReplayConfig = ReplayConfig()
-    network: NetworkConfig = field(default=NetworkConfig(), metadata={"help": "used from scratch; --init brings its own"})
+    network: NetworkConfig = field(
+        default=NetworkConfig(), metadata={"help": "used from scratch; --init brings its own"}
+    )
     sac: SACConfig = SACConfig()
 
 
@@ -90,7 +111,12 @@ _CLI_NAMES = {
     ("SACConfig", "tau"): "target-tau",
     ("NetworkConfig", "encoder"): "encoder",
 }
-_CHOICES = {("ReplayConfig", "mode"): REPLAY_MODES, ("NetworkConfig", "encoder"): ("shared", "per_member")}
+_CHOICES = {
+    ("ReplayConfig", "mode"): REPLAY_MODES,
+    ("NetworkConfig", "encoder"): ("shared", "per_member"),
+    ("PretrainConfig", "member_batches"): ("independent", "shared"),
+    ("FinetuneConfig", "strategy"): STRATEGIES,
+}
 
 
 def _leaves(cls: type, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dataclasses.Field, Any, type]]:
@@ -139,12 +165,20 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f"{help_text} (default: {_show(default)})".strip()
         dest = ".".join(path)
         if kind is bool:
-            parser.add_argument(f"--{name}", dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                f"--{name}", dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         else:
             choices = _CHOICES.get((owner.__name__, f.name))
             metavar = None if choices else name.upper().replace("-", "_")
             parser.add_argument(
-                f"--{name}", dest=dest, type=_parser_for(kind), choices=choices, metavar=metavar, default=argparse.SUPPRESS, help=help_text
+                f"--{name}",
+                dest=dest,
+                type=_parser_for(kind),
+                choices=choices,
+                metavar=metavar,
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
 
 
@@ -176,7 +210,8 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def write_config(run_dir: Path, config: Any, **resolved: Any) -> None:
+def write_config(run_dir: Path, config: Any, device: torch.device, **resolved: Any) -> None:
     """Write the resolved config (every field, plus values decided at run time) as JSON."""
+    resolved = {"device": str(device), "threads": torch.get_num_threads(), **resolved}
     payload = {"command": type(config).__name__, **dataclasses.asdict(config), "resolved": resolved}
     (run_dir / "config.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")

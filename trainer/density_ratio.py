@@ -33,7 +33,9 @@ class DensityRatio(nn.Module):
 
     def __init__(self, in_features: int, hidden: int = 256) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
         last = self.net[-1]
         nn.init.uniform_(last.weight, -1e-3, 1e-3)
         nn.init.constant_(last.bias, math.log(math.e - 1.0))  # softplus(bias) = 1
@@ -45,7 +47,9 @@ class DensityRatio(nn.Module):
 class DensityRatioEstimator:
     """The network, its optimiser and the priority rule of balanced replay."""
 
-    def __init__(self, in_features: int, hidden: int = 256, lr: float = 3e-4, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, in_features: int, hidden: int = 256, lr: float = 3e-4, device: str | torch.device = "cpu"
+    ) -> None:
         self.net = DensityRatio(in_features, hidden).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
 

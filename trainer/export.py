@@ -29,7 +29,9 @@ class PolicyGraph(nn.Module):
         super().__init__()
         self.agent = agent
 
-    def forward(self, image: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if state is not None and not self.agent.state_dim:
             # The spec has state but this agent ignores it: keep it as an input the graph reads.
             image = image + (state.sum() * 0).to(image.dtype)

@@ -24,18 +24,32 @@ from trainer.config import FinetuneConfig, write_config
 from trainer.learner import LearnerConfig, OnlineLearner
 from trainer.metrics import MetricsLogger, RunningMean
 from trainer.offline_data import load_offline
-from trainer.run import check_finite, prepare_run_dir, progress, resolve_device, seed_everything
+from trainer.run import (
+    check_finite,
+    new_agent,
+    prepare_run_dir,
+    progress,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes use their own fixed seeds
 
 
-def make_env(env_id: str) -> gym.Env:
+def make_env(env_id: str, kwargs_json: str = "") -> gym.Env:
     """gym.make, registering the project's simulator (`import sim`) for o2o_rl/ ids."""
+    try:
+        kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    except json.JSONDecodeError as exc:
+        raise RunError(f"--env-kwargs: not JSON ({exc})") from None
+    if not isinstance(kwargs, dict):
+        raise RunError("--env-kwargs: must be a JSON object")
     if ":" not in env_id and env_id.startswith("o2o_rl/") and env_id not in gym.registry:
         importlib.import_module("sim")
     try:
-        env = gym.make(env_id)
-    except (gym.error.Error, ModuleNotFoundError) as exc:
+        env = gym.make(env_id, **kwargs)
+    except (gym.error.Error, ModuleNotFoundError, TypeError) as exc:
         raise RunError(f"--env {env_id}: {exc}") from None
     if not hasattr(env.unwrapped, "observation_spec") or not hasattr(env.unwrapped, "action_spec"):
         raise RunError(f"--env {env_id}: the environment publishes no observation_spec/action_spec")
@@ -61,11 +75,11 @@ def evaluate(agent: EnsembleAgent, env: gym.Env, episodes: int) -> dict[str, flo
     return {"eval/return": float(np.mean(returns)), "eval/success_rate": float(np.mean(successes))}
 
 
-def build_agent(config: FinetuneConfig, given: set[str], env: gym.Env) -> tuple[EnsembleAgent, str]:
+def agent_and_data(config: FinetuneConfig, given: set[str], env: gym.Env) -> tuple[EnsembleAgent, str]:
     """The agent to fine-tune and the offline dataset that goes with it."""
     spec, action_spec = env.unwrapped.observation_spec, env.unwrapped.action_spec
     if not config.init:
-        return EnsembleAgent(spec, action_spec, config.network), config.data
+        return new_agent(spec, action_spec, config.network), config.data
     payload = read_checkpoint(config.init)
     shape_flags = sorted(name for name in given if name.startswith("network.") and name != "network.ensemble_size")
     if shape_flags:
@@ -74,22 +88,27 @@ def build_agent(config: FinetuneConfig, given: set[str], env: gym.Env) -> tuple[
     size = config.network.ensemble_size if "network.ensemble_size" in given else None
     agent = agent_from_checkpoint(payload, size)
     if agent.observation_spec != spec or agent.action_spec != action_spec:
-        raise RunError(f"--init {config.init}: trained for {agent.observation_spec.to_json()}, the env has {spec.to_json()}")
+        raise RunError(
+            f"--init {config.init}: trained for {agent.observation_spec.to_json()}, the env has {spec.to_json()}"
+        )
     return agent, config.data or payload.get("dataset", "")
 
 
 def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Path:
     run_dir = prepare_run_dir(config.out)
     device = resolve_device(config.device)
+    set_threads(config.threads)
     rng = seed_everything(config.seed)
-    env, eval_env = make_env(config.env), make_env(config.env)
-    agent, data = build_agent(config, given, env)
+    env, eval_env = make_env(config.env, config.env_kwargs), make_env(config.env, config.env_kwargs)
+    agent, data = agent_and_data(config, given, env)
     agent.to(device)
     freeze = config.freeze_encoder_online if config.freeze_encoder_online is not None else bool(config.init)
     offline = None
     if config.replay.mode != "online_only":
         if not data:
-            raise RunError(f"--replay {config.replay.mode} needs offline data: give --data DIR or --init a pretrained run")
+            raise RunError(
+                f"--replay {config.replay.mode} needs offline data: give --data DIR or --init a pretrained run"
+            )
         _, offline = load_offline(data, agent.observation_spec, agent.action_spec)
     learner_config = LearnerConfig(
         batch_size=config.batch_size,
@@ -101,8 +120,9 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
         strategy=config.strategy,
     )
     learner = OnlineLearner(agent, learner_config, config.sac, config.replay, offline, seed=config.seed)
+    dataset = str(Path(data).resolve()) if data else ""
     write_config(
-        run_dir, config, device=str(device), freeze_encoder_online=freeze, dataset=data, network=dataclasses.asdict(agent.config)
+        run_dir, config, device, freeze_encoder_online=freeze, dataset=dataset, network=dataclasses.asdict(agent.config)
     )
 
     logger = MetricsLogger(run_dir)
@@ -119,7 +139,9 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
         for step in range(1, config.steps + 1):
             image, state = split_obs(obs)
             if random_warmup and step <= config.warmup:
-                action = rng.uniform(agent.action_spec.low, agent.action_spec.high, agent.action_spec.dim).astype(np.float32)
+                action = rng.uniform(agent.action_spec.low, agent.action_spec.high, agent.action_spec.dim).astype(
+                    np.float32
+                )
             else:
                 action = agent.act(image, state)
             obs, reward, terminated, truncated, info = env.step(action)
@@ -144,7 +166,9 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
             )
             episode_step += 1
             if done:
-                logger.log(step, {"episode/return": episode_return, "episode/success": float(bool(info.get("success", False)))})
+                logger.log(
+                    step, {"episode/return": episode_return, "episode/success": float(bool(info.get("success", False)))}
+                )
                 obs, _ = env.reset()
                 episode, episode_step, episode_return = episode + 1, 0, 0.0
             for _ in range(config.updates_per_step):
@@ -160,8 +184,15 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
                 logger.log(step, final)
                 bar.set_postfix(success=f"{final['eval/success_rate']:.2f}", ret=f"{final['eval/return']:.2f}")
             if step % config.checkpoint_every == 0 or step == config.steps:
-                extra = {"dataset": data, "env_steps": step}
-                save_checkpoint(run_dir, agent, kind="finetune", step=learner.train_step, learner_state=learner.state_dict(), extra=extra)
+                extra = {"dataset": dataset, "env_steps": step}
+                save_checkpoint(
+                    run_dir,
+                    agent,
+                    kind="finetune",
+                    step=learner.train_step,
+                    learner_state=learner.state_dict(),
+                    extra=extra,
+                )
     finally:
         bar.close()
         logger.close()

@@ -18,7 +18,9 @@ NO_TRANSITION = -1
 
 
 class FrameStore:
-    def __init__(self, capacity: int, image_shape: tuple[int, ...], state_dim: int, action_dim: int, feature_dim: int = 0) -> None:
+    def __init__(
+        self, capacity: int, image_shape: tuple[int, ...], state_dim: int, action_dim: int, feature_dim: int = 0
+    ) -> None:
         if capacity < 2:
             raise ValueError(f"a frame store needs room for at least 2 frames, got {capacity}")
         self.capacity = int(capacity)

@@ -64,12 +64,16 @@ class OnlineLearner:
         if offline is not None and config.freeze_encoder:
             offline.cache_features(agent.encode_frames(offline.frames[: offline.num_frames]))
         spec = agent.observation_spec
-        online = FrameStore(replay.online_capacity, spec.image_shape, spec.state_dim, agent.action_spec.dim, feature_dim)
+        online = FrameStore(
+            replay.online_capacity, spec.image_shape, spec.state_dim, agent.action_spec.dim, feature_dim
+        )
         self.replay = Replay(replay, online, offline, warmup=config.warmup, seed=seed)
         self.sac = EnsembleSAC(agent, sac, policy="mixture", cql=None, train_encoder=not config.freeze_encoder)
         self.ratio = None
         if replay.mode == "balanced":
-            self.ratio = DensityRatioEstimator(agent.feature_dim + agent.action_spec.dim, config.ratio_hidden, config.ratio_lr, self.device)
+            self.ratio = DensityRatioEstimator(
+                agent.feature_dim + agent.action_spec.dim, config.ratio_hidden, config.ratio_lr, self.device
+            )
 
     # -- the narrow surface ------------------------------------------------------------------
     def add_transition(self, t: Transition) -> bool:
@@ -118,8 +122,12 @@ class OnlineLearner:
     def _update_ratio_and_priorities(self, indices: np.ndarray, data: dict[str, np.ndarray]) -> dict[str, float]:
         assert self.ratio is not None and self.replay.offline is not None
         k, rng = self.config.ratio_batch_size, self.replay.rng
-        online = self._ratio_input(self.replay.online.gather(self.replay.online.sample_uniform(k, rng), self.config.freeze_encoder))
-        offline = self._ratio_input(self.replay.offline.gather(self.replay.offline.sample_uniform(k, rng), self.config.freeze_encoder))
+        online = self._ratio_input(
+            self.replay.online.gather(self.replay.online.sample_uniform(k, rng), self.config.freeze_encoder)
+        )
+        offline = self._ratio_input(
+            self.replay.offline.gather(self.replay.offline.sample_uniform(k, rng), self.config.freeze_encoder)
+        )
         w = self.ratio.weights(self._ratio_input(data))  # before the step, as the offline normaliser
         w_offline, metrics = self.ratio.update(online, offline)
         p = priorities(w, w_offline, self.replay.config.temperature).cpu().numpy()

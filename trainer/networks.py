@@ -84,7 +84,11 @@ class EnsembleMLP(nn.Module):
     def __init__(self, members: int, in_features: int, hidden: int, out_features: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            [EnsembleLinear(members, in_features, hidden), EnsembleLinear(members, hidden, hidden), EnsembleLinear(members, hidden, out_features)]
+            [
+                EnsembleLinear(members, in_features, hidden),
+                EnsembleLinear(members, hidden, hidden),
+                EnsembleLinear(members, hidden, out_features),
+            ]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,11 +133,14 @@ class PixelEncoder(nn.Module):
         layers: list[nn.Module] = []
         c_in = channels_in
         for stride in config.strides:
-            layers += [nn.Conv2d(c_in * self.groups, config.channels * self.groups, 3, stride=stride, groups=self.groups), nn.ReLU()]
+            layers += [
+                nn.Conv2d(c_in * self.groups, config.channels * self.groups, 3, stride=stride, groups=self.groups),
+                nn.ReLU(),
+            ]
             c_in = config.channels
             height, width = (height - 3) // stride + 1, (width - 3) // stride + 1
         if height < 1 or width < 1:
-            raise ValueError(f"image {image_shape[:2]} is too small for strides {config.strides}")
+            raise ValueError(f"a {image_shape[0]}x{image_shape[1]} image is too small for --strides {config.strides}")
         self.convs = nn.Sequential(*layers)
         self.out_dim = config.channels * height * width
 

@@ -25,15 +25,20 @@ def load_offline(
     """Open and read every episode of a dataset; raises DatasetError naming the problem."""
     dataset = open_dataset(root)
     if observation_spec is not None and dataset.observation_spec != observation_spec:
-        raise DatasetError(
-            f"{root}: observation spec {dataset.observation_spec.to_json()} differs from the agent's {observation_spec.to_json()}"
-        )
+        theirs, ours = dataset.observation_spec.to_json(), observation_spec.to_json()
+        raise DatasetError(f"{root}: observation spec {theirs} differs from the agent's {ours}")
     if action_spec is not None and dataset.action_spec != action_spec:
-        raise DatasetError(f"{root}: action spec {dataset.action_spec.to_json()} differs from the agent's {action_spec.to_json()}")
+        raise DatasetError(
+            f"{root}: action spec {dataset.action_spec.to_json()} differs from the agent's {action_spec.to_json()}"
+        )
     if dataset.num_transitions == 0:
         raise DatasetError(f"{root}: the dataset holds no transitions")
     frames = sum(record.length + 1 for record in dataset.records)
-    store = FrameStore(frames, dataset.observation_spec.image_shape, dataset.observation_spec.state_dim, dataset.action_spec.dim)
-    for episode in tqdm(dataset, total=len(dataset), desc="loading episodes", unit="ep", disable=not progress, leave=False):
+    store = FrameStore(
+        frames, dataset.observation_spec.image_shape, dataset.observation_spec.state_dim, dataset.action_spec.dim
+    )
+    for episode in tqdm(
+        dataset, total=len(dataset), desc="loading episodes", unit="ep", disable=not progress, leave=False
+    ):
         store.add_episode(episode)
     return dataset, store

@@ -11,19 +11,19 @@ from pathlib import Path
 
 import torch
 
-from trainer.agent import EnsembleAgent
 from trainer.checkpoint import RunError, read_checkpoint, save_checkpoint
 from trainer.config import PretrainConfig, write_config
 from trainer.metrics import MetricsLogger, RunningMean
 from trainer.networks import NetworkConfig
 from trainer.offline_data import load_offline
-from trainer.run import check_finite, prepare_run_dir, progress, resolve_device, seed_everything
+from trainer.run import check_finite, new_agent, prepare_run_dir, progress, resolve_device, seed_everything, set_threads
 from trainer.sac import Batch, EnsembleSAC
 
 
 def pretrain(config: PretrainConfig) -> Path:
     run_dir = prepare_run_dir(config.out, config.resume)
     device = resolve_device(config.device)
+    set_threads(config.threads)
     rng = seed_everything(config.seed)
     payload = read_checkpoint(run_dir) if config.resume else None
     if payload is not None:
@@ -32,7 +32,7 @@ def pretrain(config: PretrainConfig) -> Path:
         if NetworkConfig(**payload["network"]) != config.network:
             raise RunError(f"{run_dir}: the network flags differ from the run being resumed")
     dataset, store = load_offline(config.data)
-    agent = EnsembleAgent(dataset.observation_spec, dataset.action_spec, config.network).to(device)
+    agent = new_agent(dataset.observation_spec, dataset.action_spec, config.network).to(device)
     sac = EnsembleSAC(agent, config.sac, policy="members", cql=config.cql, train_encoder=True)
     start = 0
     if payload is not None:
@@ -42,11 +42,13 @@ def pretrain(config: PretrainConfig) -> Path:
         rng.bit_generator.state = payload["numpy_rng"]
         torch.set_rng_state(payload["torch_rng"])
     data_root = str(Path(config.data).resolve())
-    write_config(run_dir, config, device=str(device), dataset=data_root, transitions=dataset.num_transitions, start_step=start)
+    write_config(run_dir, config, device, dataset=data_root, transitions=dataset.num_transitions, start_step=start)
 
     def checkpoint(step: int) -> None:
         extra = {"dataset": data_root, "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
-        save_checkpoint(run_dir, agent, kind="pretrain", step=step, learner_state={"sac": sac.state_dict()}, extra=extra)
+        save_checkpoint(
+            run_dir, agent, kind="pretrain", step=step, learner_state={"sac": sac.state_dict()}, extra=extra
+        )
 
     members = config.network.ensemble_size if config.member_batches == "independent" else 1
     logger = MetricsLogger(run_dir, append=payload is not None)
@@ -62,11 +64,12 @@ def pretrain(config: PretrainConfig) -> Path:
             if step % config.log_every == 0 or step == config.steps:
                 summary = means.pop()
                 logger.log(step, summary)
-                bar.set_postfix(q=f"{summary['q_data']:.2f}", gap=f"{summary['cql/gap']:.2f}", alpha=f"{summary['alpha']:.3f}")
+                bar.set_postfix(
+                    q=f"{summary['q_data']:.2f}", gap=f"{summary['cql/gap']:.2f}", alpha=f"{summary['alpha']:.3f}"
+                )
             if step % config.checkpoint_every == 0 or step == config.steps:
                 checkpoint(step)
     finally:
         bar.close()
         logger.close()
     return run_dir
-

@@ -59,7 +59,9 @@ class _Pending:
 class Replay:
     MAX_OPEN_EPISODES = 256  # robots × concurrent episodes we wait on; the oldest is dropped beyond
 
-    def __init__(self, config: ReplayConfig, online: FrameStore, offline: FrameStore | None, warmup: int, seed: int = 0) -> None:
+    def __init__(
+        self, config: ReplayConfig, online: FrameStore, offline: FrameStore | None, warmup: int, seed: int = 0
+    ) -> None:
         if config.mode != "online_only" and offline is None:
             raise ValueError(f"replay mode {config.mode!r} needs offline data")
         self.config = config

@@ -10,7 +10,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from robot_node.spec import ActionSpec, ObservationSpec
+from trainer.agent import EnsembleAgent
 from trainer.checkpoint import CHECKPOINT_NAME, RunError
+from trainer.networks import NetworkConfig
 
 
 def prepare_run_dir(out: str, resume: bool = False) -> Path:
@@ -38,6 +41,23 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+def new_agent(observation_spec: ObservationSpec, action_spec: ActionSpec, network: NetworkConfig) -> EnsembleAgent:
+    """A fresh agent; a network that cannot take these observations is a user error."""
+    try:
+        return EnsembleAgent(observation_spec, action_spec, network)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+
+
+def set_threads(threads: int) -> None:
+    """Torch's intra-op threads; 0 leaves torch's default (one per core). On a machine whose
+    cores other processes also use, one thread avoids spinning workers and runs faster."""
+    if threads < 0:
+        raise RunError(f"--threads {threads}: must be 0 (torch's default) or more")
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def seed_everything(seed: int) -> np.random.Generator:
