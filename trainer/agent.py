@@ -11,6 +11,7 @@ import copy
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from robot_node.spec import ActionSpec, ObservationSpec
 from trainer.augment import random_shift
@@ -85,7 +86,8 @@ class EnsembleAgent(nn.Module):
         """Encoder output of stored frames [F, H, W, 3] -> float16 [F, feature_dim], for the cache."""
         device = next(self.parameters()).device
         out = np.empty((len(frames), self.feature_dim), np.float16)
-        for start in range(0, len(frames), batch_size):
+        starts = range(0, len(frames), batch_size)
+        for start in tqdm(starts, desc="encoding frames", unit="batch", leave=False, disable=len(starts) < 10):
             images = torch.as_tensor(frames[start : start + batch_size], device=device)
             out[start : start + batch_size] = self.flat_features(images).cpu().numpy()
         return out

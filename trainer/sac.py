@@ -121,10 +121,11 @@ class EnsembleSAC:
             "q_member_std": q.mean(dim=(1, 2)).std().item() if n > 1 else 0.0,
             "q_target": target.mean().item(),
         }
+        # The critic step does not touch the actor, so its output at s serves both steps.
+        mean, log_std = agent.actor(features.detach(), state)
         loss = critic_loss
         if self.cql is not None:
-            with torch.no_grad():
-                policy_at_s = agent.actor(features.detach(), state)
+            policy_at_s = (mean.detach(), log_std.detach())
             gap, cql_metrics = cql_gap(agent.critic, embedding, q, policy_at_s, next_policy, self.cql)
             metrics.update(cql_metrics)
             loss = loss + self._cql_loss(gap, metrics)
@@ -132,7 +133,6 @@ class EnsembleSAC:
         loss.backward()
         self.critic_optimizer.step()
 
-        mean, log_std = agent.actor(features.detach(), state)
         action, log_prob = self._sample(mean, log_std)
         agent.critic.requires_grad_(False)
         q_policy = agent.critic(features.detach(), state, action).min(dim=1).values  # [N, B]
