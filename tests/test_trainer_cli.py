@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from trainer_helpers import ENV_ID, torch_single_thread, write_reach_dataset  # noqa: F401  (autouse)
 
 from robot_node.dataset import DatasetError
+from robot_node.policy import load_policy_file
 from trainer.checkpoint import read_checkpoint
 from trainer.cli import main
 from trainer.metrics import read_metrics
@@ -168,8 +168,8 @@ def test_export_and_plot_from_run_directories(dataset, tmp_path, capsys):
     )
     onnx_path = tmp_path / "policy.onnx"
     assert main(["export", str(run), "--out", str(onnx_path), "--version", "5"]) == 0
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    assert sess.get_modelmeta().custom_metadata_map["o2o.version"] == "5"
+    runner = load_policy_file(onnx_path)  # what the robot node starts with
+    assert (runner.version, runner.train_step, runner.ensemble_size) == (5, 4, 2)
     assert not Path(str(onnx_path) + ".data").exists()  # weights inside the one file
     png = tmp_path / "curves.png"
     assert main(["plot", str(run), str(run), "--out", str(png)]) == 0

@@ -4,11 +4,11 @@ import dataclasses
 import hashlib
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from trainer_helpers import ReachEnv, torch_single_thread, write_reach_dataset  # noqa: F401  (autouse)
 
 from robot_node.link_interface import Transition
+from robot_node.policy import load_policy
 from trainer.agent import EnsembleAgent
 from trainer.learner import LearnerConfig, OnlineLearner
 from trainer.networks import NetworkConfig
@@ -100,13 +100,12 @@ def test_baselines_update_without_a_density_ratio(tmp_path, mode):
         assert metrics["replay/offline_fraction"] == 0.0
 
 
-def test_exported_policy_carries_its_hash_and_runs(tmp_path):
+def test_the_robot_node_accepts_the_exported_policy_and_acts_as_the_trainer_does(tmp_path):
     learner = make_learner(tmp_path, mode="online_only")
     weights = learner.export_policy(version=3)
     assert weights.version == 3 and weights.sha256 == hashlib.sha256(weights.onnx).hexdigest()
-    assert weights.observation_spec == SPEC
-    sess = ort.InferenceSession(weights.onnx, providers=["CPUExecutionProvider"])
-    action = sess.run(
-        ["action"], {"image": np.zeros((1, *SPEC.image_shape), np.uint8), "state": np.zeros((1, 4), np.float32)}
-    )[0]
-    assert action.shape == (1, 4)
+    runner = load_policy(weights, SPEC, ReachEnv().action_spec)  # the robot's own model checks
+    assert (runner.version, runner.ensemble_size) == (3, 2)
+    t = transition(0)
+    output = runner.infer(t.image, t.state)
+    np.testing.assert_allclose(output.action, learner.agent.act(t.image, t.state, deterministic=True), atol=1e-4)
