@@ -96,9 +96,12 @@ def test_gaps_and_duplicates_never_make_a_wrong_transition():
     replay.add(step("e", 0, 10))
     replay.add(step("e", 0, 10))  # resent
     replay.add(step("e", 1, 11))
+    replay.add(step("e", 0, 10))  # resent late
     replay.add(step("e", 3, 13))  # step 2 was lost: 1 -> 3 must not become a transition
     replay.add(step("e", 4, 14, last=True))
-    assert replay.counters["duplicates"] == 1 and replay.counters["gaps"] == 1
+    replay.add(step("e", 4, 14, last=True))  # the finished episode's last step, resent
+    assert replay.counters["duplicates"] == 3 and replay.counters["gaps"] == 1
+    assert replay.counters["transitions"] == 3 and replay.online.frames_written == 5
     data = replay.gather(replay.sample(200), use_features=False)
     assert set(data["state"][:, 0]) == {10, 13, 14}
     np.testing.assert_array_equal(data["next_state"], data["state"] + 1)

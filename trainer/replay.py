@@ -58,6 +58,7 @@ class _Pending:
 
 class Replay:
     MAX_OPEN_EPISODES = 256  # robots × concurrent episodes we wait on; the oldest is dropped beyond
+    MAX_FINISHED_EPISODES = 4096  # finished episodes remembered to recognise late resends
 
     def __init__(
         self, config: ReplayConfig, online: FrameStore, offline: FrameStore | None, warmup: int, seed: int = 0
@@ -71,6 +72,7 @@ class Replay:
         self.tree = SumTree(self.n_offline + online.capacity)
         self.rng = np.random.default_rng(seed)
         self._open: OrderedDict[str, _Pending] = OrderedDict()
+        self._finished: OrderedDict[str, int] = OrderedDict()  # episode id -> its last step
         self.counters = {"transitions": 0, "episodes": 0, "gaps": 0, "duplicates": 0, "dropped_open": 0}
         self.max_priority = 1.0
         if offline is not None:
@@ -82,12 +84,14 @@ class Replay:
 
     # -- adding online data ------------------------------------------------------------------
     def add(self, t: Transition, features: np.ndarray | None = None, next_features: np.ndarray | None = None) -> None:
-        """Store one streamed step (already validated). Out-of-order steps cut the episode."""
-        pending = self._open.pop(t.episode_id, None)
-        if pending is not None and t.step == pending.step:
-            self.counters["duplicates"] += 1  # a resend of what we already hold
-            self._open[t.episode_id] = pending
+        """Store one streamed step (already validated). A step at or before the newest one held
+        for its episode is a resend and ignored; a skipped step cuts the episode there."""
+        pending = self._open.get(t.episode_id)
+        newest = pending.step if pending is not None else self._finished.get(t.episode_id)
+        if newest is not None and t.step <= newest:
+            self.counters["duplicates"] += 1
             return
+        self._open.pop(t.episode_id, None)
         slot = self._write_frame(t.image, t.state, features)
         if pending is not None:
             if t.step == pending.step + 1 and self.online.holds(pending.slot, pending.frame_id):
@@ -101,10 +105,9 @@ class Replay:
             else:
                 self.counters["gaps"] += 1  # a last step without its final observation is unusable
             self.counters["episodes"] += 1
+            _remember(self._finished, t.episode_id, t.step, self.MAX_FINISHED_EPISODES)
             return
-        self._open[t.episode_id] = current
-        if len(self._open) > self.MAX_OPEN_EPISODES:
-            self._open.popitem(last=False)
+        if _remember(self._open, t.episode_id, current, self.MAX_OPEN_EPISODES):
             self.counters["dropped_open"] += 1
 
     def _write_frame(self, image: np.ndarray, state: np.ndarray, features: np.ndarray | None) -> int:
@@ -159,3 +162,12 @@ class Replay:
     @property
     def nbytes(self) -> int:
         return self.online.nbytes + (self.offline.nbytes if self.offline is not None else 0) + self.tree.nbytes
+
+
+def _remember(table: OrderedDict, key: str, value: object, limit: int) -> bool:
+    """Insert into a bounded table; True when the oldest entry had to go."""
+    table[key] = value
+    if len(table) > limit:
+        table.popitem(last=False)
+        return True
+    return False
