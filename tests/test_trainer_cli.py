@@ -156,6 +156,7 @@ def test_finetune_takes_a_subset_of_members_and_refuses_to_reshape_them(dataset,
     assert config["resolved"]["freeze_encoder_online"] is True and config["resolved"]["dataset"] == str(
         dataset.resolve()
     )
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((run / "summary.json").read_text())
     # 25 steps: one 20-step episode, then 5 steps whose last still waits for its next frame.
     assert summary["replay"]["transitions"] == 24 and summary["rejected"] == {}

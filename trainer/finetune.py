@@ -24,6 +24,7 @@ from trainer.config import FinetuneConfig, write_config
 from trainer.learner import LearnerConfig, OnlineLearner
 from trainer.metrics import MetricsLogger, RunningMean
 from trainer.offline_data import load_offline
+from trainer.plot import plot_runs
 from trainer.run import (
     check_finite,
     new_agent,
@@ -208,4 +209,5 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
         "rejected": learner.rejected,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot_runs([run_dir], run_dir / "curves.png")
     return run_dir

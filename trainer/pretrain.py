@@ -16,6 +16,7 @@ from trainer.config import PretrainConfig, write_config
 from trainer.metrics import MetricsLogger, RunningMean
 from trainer.networks import NetworkConfig
 from trainer.offline_data import load_offline
+from trainer.plot import plot_runs
 from trainer.run import check_finite, new_agent, prepare_run_dir, progress, resolve_device, seed_everything, set_threads
 from trainer.sac import Batch, EnsembleSAC
 
@@ -72,4 +73,5 @@ def pretrain(config: PretrainConfig) -> Path:
     finally:
         bar.close()
         logger.close()
+    plot_runs([run_dir], run_dir / "curves.png")
     return run_dir
