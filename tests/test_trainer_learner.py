@@ -20,8 +20,8 @@ NET = NetworkConfig(ensemble_size=2, channels=4, strides=(2, 1), feature_dim=8, 
 SPEC = ReachEnv().observation_spec
 
 
-def make_learner(tmp_path, mode="balanced", freeze=True, warmup=30) -> OnlineLearner:
-    agent = EnsembleAgent(SPEC, ReachEnv().action_spec, NET)
+def make_learner(tmp_path, mode="balanced", freeze=True, warmup=30, encoder="shared") -> OnlineLearner:
+    agent = EnsembleAgent(SPEC, ReachEnv().action_spec, dataclasses.replace(NET, encoder=encoder))
     offline = None
     if mode != "online_only":
         _, offline = load_offline(write_reach_dataset(tmp_path / "data", scripted=3, random=3), progress=False)
@@ -71,8 +71,9 @@ def test_malformed_transitions_are_refused_counted_and_harmless(tmp_path):
     assert learner.replay.counters["transitions"] == 10  # the good data all arrived
 
 
-def test_no_update_before_warmup_then_every_network_learns(tmp_path):
-    learner = make_learner(tmp_path, warmup=30)
+@pytest.mark.parametrize("encoder", ["shared", "per_member"])
+def test_no_update_before_warmup_then_every_network_learns(tmp_path, encoder):
+    learner = make_learner(tmp_path, warmup=30, encoder=encoder)
     for step in range(29):
         learner.add_transition(transition(step))
     assert learner.update() is None  # 28 complete transitions so far

@@ -9,6 +9,10 @@ pretrained members, each critic with its own target, no CQL term, drawing miniba
 balanced replay (or the uniform / online-only baselines). With a frozen encoder every frame is
 encoded once on arrival and only trunks and heads are trained, which is what makes pixel
 fine-tuning interactive on a CPU.
+
+Not thread-safe: a service that receives on one thread and trains on another must serialise
+the calls (a lock, or a queue drained by the training thread). `export_policy` runs the ONNX
+exporter, which takes seconds; call it every so many updates, not every step.
 """
 
 from __future__ import annotations
