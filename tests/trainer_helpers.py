@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from robot_node.dataset import DatasetWriter, Episode
+from robot_node.dataset import DatasetWriter
 from robot_node.spec import ActionSpec, ObservationSpec
+from sim.collect import rollout
 
 ENV_ID = "o2o_test/Reach-v0"
 IMAGE = 16
@@ -49,14 +50,18 @@ class ReachEnv(gym.Env):
         while np.linalg.norm(self.hand - self.goal) < 0.6:
             self.hand = self.np_random.uniform(-0.7, 0.7, 2)
         self.t = 0
-        return self._obs(), {"success": False}
+        return self._obs(), self._info(False)
 
     def step(self, action):
         action = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
         self.hand = np.clip(self.hand + STEP_SIZE * action[:2], -1.0, 1.0)
         self.t += 1
         success = bool(np.linalg.norm(self.hand - self.goal) < SUCCESS_RADIUS)
-        return self._obs(), float(success), False, self.t >= MAX_STEPS, {"success": success}
+        return self._obs(), float(success), False, self.t >= MAX_STEPS, self._info(success)
+
+    def _info(self, success: bool) -> dict:
+        """Like the simulator's: success plus privileged positions for scripted policies."""
+        return {"success": success, "hand": self.hand.copy(), "goal": self.goal.copy()}
 
     def _obs(self) -> dict[str, np.ndarray]:
         image = np.zeros((IMAGE, IMAGE, 3), np.uint8)
@@ -81,35 +86,11 @@ if ENV_ID not in gym.registry:
     gym.register(ENV_ID, entry_point=ReachEnv)
 
 
-def scripted_action(state: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+def scripted_action(info: dict, noise: float, rng: np.random.Generator) -> np.ndarray:
     """Head for the goal, with Gaussian noise of `noise` on every action dimension."""
-    toward = (state[2:4] - state[0:2]) / STEP_SIZE
+    toward = (info["goal"] - info["hand"]) / STEP_SIZE
     action = np.concatenate([toward, [0.0, 0.0]]) + noise * rng.standard_normal(4)
     return np.clip(action, -1.0, 1.0).astype(np.float32)
-
-
-def rollout(env: gym.Env, policy, seed: int) -> tuple[Episode, bool]:
-    obs, info = env.reset(seed=seed)
-    frames, states, actions, rewards = [obs["pixels"]], [obs["state"]], [], []
-    done = terminated = False
-    while not done:
-        action = policy(obs["state"])
-        obs, reward, terminated, truncated, info = env.step(action)
-        frames.append(obs["pixels"])
-        states.append(obs["state"])
-        actions.append(action)
-        rewards.append(reward)
-        done = terminated or truncated
-    t = len(actions)
-    episode = Episode(
-        frames=np.stack(frames),
-        states=np.stack(states).astype(np.float32),
-        actions=np.stack(actions).astype(np.float32),
-        rewards=np.asarray(rewards, np.float32),
-        terminals=np.eye(1, t, t - 1, dtype=bool)[0] & terminated,
-        truncations=np.eye(1, t, t - 1, dtype=bool)[0] & (not terminated),
-    )
-    return episode, bool(info["success"])
 
 
 def write_reach_dataset(root: Path, scripted: int, random: int, noise: float = 1.0, seed: int = 0) -> Path:
@@ -125,10 +106,10 @@ def write_reach_dataset(root: Path, scripted: int, random: int, noise: float = 1
         max_episode_steps=MAX_STEPS,
     )
     rng = np.random.default_rng(seed)
-    sources = [("scripted", lambda s: scripted_action(s, noise, rng))] * scripted
-    sources += [("random", lambda s: rng.uniform(-1, 1, 4).astype(np.float32))] * random
-    for i, (source, policy) in enumerate(sources):
-        episode, success = rollout(env, policy, seed=seed * 100_000 + i)
+    sources = [("scripted", lambda info: scripted_action(info, noise, rng))] * scripted
+    sources += [("random", lambda info: rng.uniform(-1, 1, 4).astype(np.float32))] * random
+    for i, (source, act) in enumerate(sources):
+        episode, success = rollout(env, seed * 100_000 + i, act)
         writer.add(episode, source=source, success=success, seed=i)
     env.close()
     return root

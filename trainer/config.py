@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from trainer.cql import CQLConfig
-from trainer.learner import STRATEGIES
+from trainer.learner import STRATEGIES, LearnerConfig
 from trainer.networks import NetworkConfig
 from trainer.replay import REPLAY_MODES, ReplayConfig
 from trainer.sac import SACConfig
@@ -67,30 +67,15 @@ class FinetuneConfig:
     data: str = field(default="", metadata={"help": "offline dataset; empty: the one --init was pretrained on"})
     out: str = ""
     steps: int = field(default=5_000, metadata={"help": "environment steps"})
-    batch_size: int = 256
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
     threads: int = field(default=0, metadata={"help": _THREADS_HELP})
-    strategy: str = field(
-        default="pessimistic_ensemble", metadata={"help": "online learning strategy (see trainer/learner.py)"}
-    )
-    warmup: int = field(default=500, metadata={"help": "online transitions collected before the first update"})
     updates_per_step: int = 1
-    freeze_encoder_online: bool | None = field(
-        default=None,
-        metadata={
-            "help": "train only trunks and heads on cached encoder features; default: yes with --init, no from scratch"
-        },
-    )
-    ratio_batch_size: int = field(
-        default=256, metadata={"help": "online and offline minibatch size for the density-ratio network"}
-    )
-    ratio_lr: float = 3e-4
-    ratio_hidden: int = 256
     eval_every: int = field(default=1_000, metadata={"help": "environment steps between deterministic evaluations"})
     eval_episodes: int = 10
     log_every: int = 50
     checkpoint_every: int = 1_000
+    learner: LearnerConfig = LearnerConfig()
     replay: ReplayConfig = ReplayConfig()
     network: NetworkConfig = field(
         default=NetworkConfig(), metadata={"help": "used from scratch; --init brings its own"}
@@ -110,12 +95,13 @@ _CLI_NAMES = {
     ("CQLConfig", "lagrange_lr"): "cql-lagrange-lr",
     ("SACConfig", "tau"): "target-tau",
     ("NetworkConfig", "encoder"): "encoder",
+    ("LearnerConfig", "freeze_encoder"): "freeze-encoder-online",
 }
 _CHOICES = {
     ("ReplayConfig", "mode"): REPLAY_MODES,
     ("NetworkConfig", "encoder"): ("shared", "per_member"),
     ("PretrainConfig", "member_batches"): ("independent", "shared"),
-    ("FinetuneConfig", "strategy"): STRATEGIES,
+    ("LearnerConfig", "strategy"): STRATEGIES,
 }
 
 

@@ -21,7 +21,7 @@ from robot_node.link_interface import Transition
 from trainer.agent import EnsembleAgent
 from trainer.checkpoint import RunError, agent_from_checkpoint, read_checkpoint, save_checkpoint
 from trainer.config import FinetuneConfig, write_config
-from trainer.learner import LearnerConfig, OnlineLearner
+from trainer.learner import OnlineLearner
 from trainer.metrics import MetricsLogger, RunningMean
 from trainer.offline_data import load_offline
 from trainer.plot import plot_runs
@@ -103,7 +103,7 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
     env, eval_env = make_env(config.env, config.env_kwargs), make_env(config.env, config.env_kwargs)
     agent, data = agent_and_data(config, given, env)
     agent.to(device)
-    freeze = config.freeze_encoder_online if config.freeze_encoder_online is not None else bool(config.init)
+    freeze = config.learner.freeze_encoder if config.learner.freeze_encoder is not None else bool(config.init)
     offline = None
     if config.replay.mode != "online_only":
         if not data:
@@ -111,15 +111,7 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
                 f"--replay {config.replay.mode} needs offline data: give --data DIR or --init a pretrained run"
             )
         _, offline = load_offline(data, agent.observation_spec, agent.action_spec)
-    learner_config = LearnerConfig(
-        batch_size=config.batch_size,
-        warmup=config.warmup,
-        freeze_encoder=freeze,
-        ratio_batch_size=config.ratio_batch_size,
-        ratio_lr=config.ratio_lr,
-        ratio_hidden=config.ratio_hidden,
-        strategy=config.strategy,
-    )
+    learner_config = dataclasses.replace(config.learner, freeze_encoder=freeze)
     learner = OnlineLearner(agent, learner_config, config.sac, config.replay, offline, seed=config.seed)
     dataset = str(Path(data).resolve()) if data else ""
     write_config(
@@ -139,7 +131,7 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
     try:
         for step in range(1, config.steps + 1):
             image, state = split_obs(obs)
-            if random_warmup and step <= config.warmup:
+            if random_warmup and step <= config.learner.warmup:
                 action = rng.uniform(agent.action_spec.low, agent.action_spec.high, agent.action_spec.dim).astype(
                     np.float32
                 )

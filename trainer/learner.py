@@ -18,7 +18,7 @@ exporter, which takes seconds; call it every so many updates, not every step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,12 +37,15 @@ STRATEGIES = ("pessimistic_ensemble",)  # BRED and REDQ+adaptive BC would be fur
 @dataclass(frozen=True)
 class LearnerConfig:
     batch_size: int = 256
-    warmup: int = 500  # online transitions before the first update
-    freeze_encoder: bool = True
-    ratio_batch_size: int = 256
+    warmup: int = field(default=500, metadata={"help": "online transitions collected before the first update"})
+    freeze_encoder: bool | None = field(
+        default=None,
+        metadata={"help": "train only trunks and heads on cached encoder features; default: yes with --init, else no"},
+    )
+    ratio_batch_size: int = field(default=256, metadata={"help": "online and offline minibatches of the density ratio"})
     ratio_lr: float = 3e-4
-    ratio_hidden: int = 256
-    strategy: str = "pessimistic_ensemble"
+    ratio_hidden: int = 128  # its first layer sees every encoder feature: 3,872 wide at 64x64
+    strategy: str = field(default="pessimistic_ensemble", metadata={"help": "online learning strategy"})
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -59,6 +62,8 @@ class OnlineLearner:
         offline: FrameStore | None,
         seed: int = 0,
     ) -> None:
+        if config.freeze_encoder is None:
+            raise ValueError("LearnerConfig.freeze_encoder must be decided (True or False) before building a learner")
         self.agent = agent
         self.config = config
         self.device = next(agent.parameters()).device
