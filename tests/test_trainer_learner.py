@@ -59,6 +59,7 @@ def test_malformed_transitions_are_refused_counted_and_harmless(tmp_path):
         transition(0, action=np.zeros(3, np.float32)),
         transition(0, reward=float("nan")),
         transition(0, reward="1.0"),
+        transition(0, episode=["not", "hashable"]),
         transition(0, last=True, next_image=np.zeros((2, 2, 3), np.uint8)),
     ]
     assert not any(learner.add_transition(t) for t in bad)

@@ -137,7 +137,7 @@ class OnlineLearner:
         offline = self._ratio_input(
             self.replay.offline.gather(self.replay.offline.sample_uniform(k, rng), self.config.freeze_encoder)
         )
-        w = self.ratio.weights(self._ratio_input(data))  # before the step, as the offline normaliser
+        w = self.ratio.weights(self._ratio_input(data))  # the sampled batch's weights, before the ratio step
         w_offline, metrics = self.ratio.update(online, offline)
         p = priorities(w, w_offline, self.replay.config.temperature).cpu().numpy()
         self.replay.update_priorities(indices, p)
@@ -172,6 +172,8 @@ class OnlineLearner:
 def check_transition(t: Transition, agent: EnsembleAgent) -> str | None:
     """The first thing wrong with a streamed transition, as a short reason, or None."""
     spec, action_spec = agent.observation_spec, agent.action_spec
+    if not isinstance(t.episode_id, str) or not t.episode_id:
+        return "episode_id is not a non-empty string"
     images = [("image", t.image)] + ([("next_image", t.next_image)] if t.next_image is not None else [])
     for name, image in images:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != spec.image_shape:
