@@ -37,6 +37,7 @@ class SACConfig:
     init_alpha: float = 0.1
     target_entropy: float | None = None  # None: −(action dimensions), the SAC heuristic
     augment_pad: int = 4  # random-shift pixels; 0 turns augmentation off
+    backup_entropy: bool = True  # the soft TD target (SAC, the CQL reference); False drops −α log π there
 
 
 @dataclass
@@ -110,7 +111,9 @@ class EnsembleSAC:
             next_policy = agent.actor(next_features, next_state)
             next_action, next_log_prob = self._sample(*next_policy)
             next_q = agent.critic_target(next_features, next_state, next_action).min(dim=1).values  # [N, B]
-            target = batch.reward + cfg.gamma * batch.not_done * (next_q - alpha * next_log_prob)
+            if cfg.backup_entropy:
+                next_q = next_q - alpha * next_log_prob
+            target = batch.reward + cfg.gamma * batch.not_done * next_q
 
         embedding = agent.critic.embed(features, state)
         q = agent.critic.q(embedding, batch.action.expand(n, -1, -1))  # [N, 2, B]
