@@ -1,12 +1,13 @@
 """Learner benchmark: updates/s of the batched N-member ensemble against N separate networks.
 
-Two comparisons, both run here:
+Two comparisons, each timed in interleaved rounds (one update of each variant per round,
+median over rounds) so that other work on a shared machine slows both alike:
 
 - Same math (`updates_per_s_vectorised`, `updates_per_s_looped`, `speedup`; the issue's
   target is >= 3x at N=5): N one-member actors and critics evaluated one after another in a
   Python loop, outputs stacked, the identical update code on top (trainer/sac.py). Only the
-  batching differs. Measured on the online fine-tuning update on cached encoder features
-  (what runs once per robot step in the interactive CPU setup), and on the offline CQL update.
+  batching differs. Main keys: the online fine-tuning update on cached encoder features (what
+  runs once per robot step in the interactive CPU setup); `cql_*`: the offline CQL update.
 - Separate agents (`separate_agents_*`): N independent one-member SAC agents on 64x64 pixels,
   each with its own encoder and update, against the ensemble that shares one encoder and
   updates all members in one batched step: what the ensemble design saves in practice.
@@ -17,6 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import statistics
 import time
 
 import torch
@@ -97,81 +100,94 @@ def random_batch(agent: EnsembleAgent, members: int, size: int, pixels: bool) ->
     )
 
 
-def updates_per_second(
-    config: NetworkConfig, looped: bool, policy: str, batch_size: int, cql: bool, pixels: bool, repeats: int
-) -> float:
+def ensemble_step(config: NetworkConfig, looped: bool, policy: str, batch_size: int, cql: bool, pixels: bool):
+    """One update of the ensemble (batched or looped members) on a fixed random batch."""
     torch.manual_seed(0)
     agent = make_agent(config, looped)
     sac = EnsembleSAC(agent, SACConfig(), policy=policy, cql=CQLConfig() if cql else None, train_encoder=pixels)
-    return _time(sac.update, random_batch(agent, 1, batch_size, pixels), repeats)
+    batch = random_batch(agent, 1, batch_size, pixels)
+    return lambda: sac.update(batch)
 
 
-def separate_agents_per_second(config: NetworkConfig, batch_size: int, repeats: int) -> float:
-    """N one-member SAC agents on pixels, each with its own encoder, updated one by one."""
+def separate_agents_step(config: NetworkConfig, batch_size: int):
+    """One update of N one-member SAC agents on pixels, each with its own encoder, one by one."""
     torch.manual_seed(0)
     single = dataclasses.replace(config, ensemble_size=1)
     agents = [EnsembleAgent(SPEC, ACTIONS, single) for _ in range(config.ensemble_size)]
     learners = [EnsembleSAC(a, SACConfig(), policy="members") for a in agents]
     batches = [random_batch(a, 1, batch_size, pixels=True) for a in agents]
 
-    def update_all(_: None) -> None:
+    def update_all() -> None:
         for learner, batch in zip(learners, batches):
             learner.update(batch)
 
-    return _time(update_all, None, repeats)
+    return update_all
 
 
-def _time(step, batch, repeats: int) -> float:
-    step(batch)  # warm-up: allocations, kernel selection
-    start = time.perf_counter()
+def interleaved_rates(steps: dict[str, object], repeats: int) -> dict[str, float]:
+    """Updates/s of each step, timed in alternation (one of each per round, median over rounds),
+    so that other work on a shared machine slows all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():
+        step()  # warm-up: allocations, kernel selection
     for _ in range(repeats):
-        step(batch)
-    return repeats / (time.perf_counter() - start)
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1.0 / statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="fewer repeats and smaller offline and pixel batches (under a minute)"
-    )
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller offline and pixel batches")
     parser.add_argument("--ensemble-size", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--hidden-dim", type=int, default=NetworkConfig.hidden_dim)
     args = parser.parse_args()
     config = NetworkConfig(ensemble_size=args.ensemble_size, hidden_dim=args.hidden_dim)
-    repeats = 3 if args.quick else 20
+    repeats = 5 if args.quick else 20
     small_batch = 32 if args.quick else args.batch_size
-    print(f"N={args.ensemble_size}, torch threads={torch.get_num_threads()}, {repeats} updates per figure", flush=True)
-    cases = {  # name: (policy, batch, cql, pixels)
-        "online": ("mixture", args.batch_size, False, False),
-        "cql": ("members", small_batch, True, False),
-        "sac_pixels": ("members", small_batch, False, True),
+    threads = torch.get_num_threads()
+    print(f"N={args.ensemble_size}, torch threads={threads}, {repeats} interleaved rounds per comparison", flush=True)
+    figures: dict[str, float | int] = {}
+    comparisons = {  # prefix: (policy, batch, cql, pixels)
+        "": ("mixture", args.batch_size, False, False),
+        "cql_": ("members", small_batch, True, False),
     }
-    rates = {}
-    for name, (policy, batch_size, cql, pixels) in cases.items():
-        for looped in (False, True):
-            rates[name, looped] = updates_per_second(config, looped, policy, batch_size, cql, pixels, repeats)
-            kind = "looped" if looped else "vectorised"
-            print(f"{name} {kind} (batch {batch_size}): {rates[name, looped]:.2f} updates/s", flush=True)
-    separate = separate_agents_per_second(config, small_batch, repeats)
-    print(f"{args.ensemble_size} separate pixel agents (batch {small_batch}): {separate:.2f} updates/s", flush=True)
-    figures = {
-        "updates_per_s_vectorised": round(rates["online", False], 2),
-        "updates_per_s_looped": round(rates["online", True], 2),
-        "speedup": round(rates["online", False] / rates["online", True], 2),
-        "cql_updates_per_s_vectorised": round(rates["cql", False], 2),
-        "cql_updates_per_s_looped": round(rates["cql", True], 2),
-        "cql_speedup": round(rates["cql", False] / rates["cql", True], 2),
-        "separate_agents_updates_per_s_ensemble": round(rates["sac_pixels", False], 2),
-        "separate_agents_updates_per_s_same_encoder_looped": round(rates["sac_pixels", True], 2),
-        "separate_agents_updates_per_s": round(separate, 2),
-        "separate_agents_speedup": round(rates["sac_pixels", False] / separate, 2),
-        "ensemble_size": args.ensemble_size,
-        "batch_size": args.batch_size,
-        "offline_and_pixel_batch_size": small_batch,
-        "hidden_dim": args.hidden_dim,
-        "threads": torch.get_num_threads(),
-    }
+    for prefix, (policy, batch_size, cql, pixels) in comparisons.items():
+        print(f"{prefix or 'online_'}update, batch {batch_size}: vectorised against looped ...", flush=True)
+        rates = interleaved_rates(
+            {
+                "vectorised": ensemble_step(config, False, policy, batch_size, cql, pixels),
+                "looped": ensemble_step(config, True, policy, batch_size, cql, pixels),
+            },
+            repeats,
+        )
+        figures[f"{prefix}updates_per_s_vectorised"] = round(rates["vectorised"], 2)
+        figures[f"{prefix}updates_per_s_looped"] = round(rates["looped"], 2)
+        figures[f"{prefix}speedup"] = round(rates["vectorised"] / rates["looped"], 2)
+    print(
+        f"pixel SAC update, batch {small_batch}: ensemble against {args.ensemble_size} separate agents ...", flush=True
+    )
+    rates = interleaved_rates(
+        {
+            "ensemble": ensemble_step(config, False, "members", small_batch, False, True),
+            "separate": separate_agents_step(config, small_batch),
+        },
+        repeats,
+    )
+    figures["separate_agents_updates_per_s_ensemble"] = round(rates["ensemble"], 2)
+    figures["separate_agents_updates_per_s"] = round(rates["separate"], 2)
+    figures["separate_agents_speedup"] = round(rates["ensemble"] / rates["separate"], 2)
+    figures.update(
+        ensemble_size=args.ensemble_size,
+        batch_size=args.batch_size,
+        offline_and_pixel_batch_size=small_batch,
+        hidden_dim=args.hidden_dim,
+        threads=threads,
+        load_average_1min=round(os.getloadavg()[0], 2),
+    )
     print(json.dumps(figures))
 
 
