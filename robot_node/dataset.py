@@ -245,6 +245,14 @@ class DatasetWriter:
         )
         self._write_manifest()
 
+    @classmethod
+    def append_to(cls, root: str | os.PathLike[str]) -> DatasetWriter:
+        """Continue an existing dataset (a restarted recorder): new episodes follow its last one."""
+        writer = cls.__new__(cls)
+        writer.root = Path(root)
+        writer.dataset = open_dataset(root)
+        return writer
+
     def add(self, episode: Episode, *, source: str, success: bool, seed: int | None = None) -> EpisodeRecord:
         episode.validate(self.dataset.observation_spec, self.dataset.action_spec)
         name = f"{EPISODE_DIR}/episode_{len(self.dataset.records):06d}.npz"

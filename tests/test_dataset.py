@@ -136,3 +136,20 @@ def test_specs_round_trip_and_refuse_nonsense():
         ObservationSpec.from_json('{"image": {"shape": [8, 8, 3], "dtype": "float32"}, "state": {}}')
     with pytest.raises(SpecError):
         ActionSpec.from_json("[]")
+
+
+def test_append_to_continues_a_dataset_after_its_last_episode(tmp_path):
+    rng = np.random.default_rng(7)
+    first = [make_episode(rng) for _ in range(2)]
+    write(tmp_path / "d", first)
+    later = make_episode(rng)
+    writer = DatasetWriter.append_to(tmp_path / "d")
+    writer.add(later, source="robot", success=True)
+
+    dataset = open_dataset(tmp_path / "d")
+    assert len(dataset) == 3 and dataset.records[2].file == "episodes/episode_000002.npz"
+    for original, loaded in zip([*first, later], dataset):
+        np.testing.assert_array_equal(loaded.frames, original.frames)
+    assert json.loads((tmp_path / "d" / "manifest.json").read_text())["counts"]["by_source"] == {"random": 1, "scripted": 1, "robot": 1}
+    with pytest.raises(DatasetError, match="no such dataset directory"):
+        DatasetWriter.append_to(tmp_path / "nope")

@@ -1,0 +1,112 @@
+"""The robot's bounded on-disk spool of transitions the trainer has not acknowledged yet.
+
+Each transition is written once, encoded as it travels, under a sequence number; the
+trainer's acknowledgements are appended as small records, so a restarted node replays the
+log and knows exactly which transitions still have to go. When the spool exceeds its size the
+oldest segment is deleted with whatever it still held: counted, logged, and never a reason to
+block the control loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections import Counter
+
+import msgpack
+import numpy as np
+
+from robot_node.protocol import EncodedTransition
+from robot_node.record_log import Location, SegmentLog
+
+TRANSITION, ACKS = b"T", b"A"
+SEQ = struct.Struct("<Q")
+SEGMENTS = 8  # the size bound is enforced by deleting one of about this many segments
+
+log = logging.getLogger(__name__)
+
+
+class Spool:
+    def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int = 1 << 30, sync: bool = False) -> None:
+        self.max_bytes = max_bytes
+        self._log = SegmentLog(directory, segment_bytes=max(1 << 16, max_bytes // SEGMENTS), sync=sync)
+        self._unacked: dict[int, Location] = {}  # in sequence order
+        self._live: Counter[int] = Counter()  # unacknowledged records per segment
+        self.dropped = 0  # unacknowledged transitions lost to the size bound
+        self.next_seq = 0
+        for location, payload in self._log.replay():
+            if payload[:1] == TRANSITION:
+                (seq,) = SEQ.unpack_from(payload, 1)
+                self._unacked[seq] = location
+                self._live[location.segment] += 1
+                self.next_seq = max(self.next_seq, seq + 1)
+            elif payload[:1] == ACKS:
+                self._forget(np.frombuffer(payload[1:], "<u8").tolist())
+        self._collect()
+        if self._unacked:
+            log.info("spool %s: %d unacknowledged transitions from before the restart", directory, len(self._unacked))
+
+    def __len__(self) -> int:
+        return len(self._unacked)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._log.size_bytes
+
+    def append(self, batch: list[EncodedTransition]) -> list[int]:
+        """Store transitions under new sequence numbers (one write); the numbers come back."""
+        seqs = list(range(self.next_seq, self.next_seq + len(batch)))
+        payloads = [TRANSITION + SEQ.pack(seq) + msgpack.packb([e.item, e.frames], use_bin_type=True) for seq, e in zip(seqs, batch)]
+        for seq, location in zip(seqs, self._log.append(payloads)):
+            self._unacked[seq] = location
+            self._live[location.segment] += 1
+        self.next_seq += len(batch)
+        self._enforce_bound()
+        return seqs
+
+    def get(self, seq: int) -> EncodedTransition | None:
+        """A spooled transition, or None once it is acknowledged or dropped."""
+        location = self._unacked.get(seq)
+        if location is None:
+            return None
+        item, frames = msgpack.unpackb(self._log.read(location)[1 + SEQ.size :], raw=False)
+        return EncodedTransition(item, frames)
+
+    def unacked(self) -> list[int]:
+        return list(self._unacked)
+
+    def ack(self, seqs: list[int]) -> int:
+        """Forget acknowledged transitions (durably); returns how many were still spooled."""
+        known = [s for s in seqs if s in self._unacked]
+        if known:
+            self._log.append([ACKS + np.asarray(known, "<u8").tobytes()])
+            self._forget(known)
+            self._collect()
+        return len(known)
+
+    def close(self) -> None:
+        self._log.close()
+
+    def _forget(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            location = self._unacked.pop(seq, None)
+            if location is not None:
+                self._live[location.segment] -= 1
+
+    def _collect(self) -> None:
+        """Delete old segments that hold nothing unacknowledged."""
+        for segment in self._log.segments:
+            if segment != self._log.active and self._live[segment] <= 0:
+                self._log.delete(segment)
+                self._live.pop(segment, None)
+
+    def _enforce_bound(self) -> None:
+        while self._log.size_bytes > self.max_bytes and len(self._log.segments) > 1:
+            oldest = self._log.segments[0]
+            lost = [seq for seq, loc in self._unacked.items() if loc.segment == oldest]
+            self._forget(lost)
+            self._log.delete(oldest)
+            self._live.pop(oldest, None)
+            self.dropped += len(lost)
+            log.warning("spool is full (%d MB): dropped the %d oldest unacknowledged transitions", self.max_bytes >> 20, len(lost))

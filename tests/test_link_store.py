@@ -1,0 +1,139 @@
+"""The trainer's transition store: exactly-once storage across duplicates and restarts."""
+
+import json
+
+import numpy as np
+import pytest
+
+from robot_node.dataset import open_dataset
+from robot_node.spec import ObservationSpec
+from link_helpers import ACT, EPISODE_STEPS, OBS, check_episode, decoded, stored_steps, stream, transition, wait_for
+from trainer.transition_store import StoreError, TransitionStore
+
+
+def open_store(root, **overrides):
+    options = {"observation_spec": OBS, "action_spec": ACT, "task": "t", "env_id": "e", "max_episode_steps": EPISODE_STEPS, "sync": False}
+    return TransitionStore(root, **{**options, **overrides})
+
+
+def add(store, robot_id, items):
+    return store.add([(robot_id, "png", items)])[0]
+
+
+def test_one_write_stores_batches_of_several_robots(tmp_path):
+    store = open_store(tmp_path)
+    results = store.add([("robot1", "png", decoded(stream(10))), ("robot2", "png", decoded(stream(5), first_seq=7))])
+    assert results == [(list(range(10)), []), (list(range(7, 12)), [])]
+    written(store, 1)
+    store.close()
+    assert store.counters["stored"] == 15 and store.counters["pending_episodes"] == 1
+
+
+def written(store, n):
+    wait_for(lambda: store.counters["episodes_written"] >= n, 10, f"{n} episodes written")
+
+
+def test_duplicates_are_acknowledged_but_stored_once(tmp_path):
+    seen = []
+    store = open_store(tmp_path, on_episode=lambda episode, record: seen.append(record))
+    items = decoded(stream(15))
+    acked, refused = add(store, "robot1", items)
+    assert acked == list(range(15)) and refused == []
+    again, _ = add(store, "robot1", decoded(stream(15)))  # the robot resent everything
+    assert again == list(range(15))
+    written(store, 1)
+    add(store, "robot1", decoded(stream(10)))  # resent after its episode was written
+    store.close()
+
+    assert store.counters["stored"] == 15 and store.counters["duplicates"] == 25
+    assert stored_steps(tmp_path / "dataset") == {(0, s): 1 for s in range(EPISODE_STEPS)}
+    check_episode(open_dataset(tmp_path / "dataset").read(0), 0)
+    assert len(seen) == 1 and seen[0].source == "robot" and seen[0].success  # episode 0 ends with reward 1
+    manifest = json.loads((tmp_path / "dataset" / "manifest.json").read_text())
+    assert manifest["counts"]["episodes"] == 1
+
+
+def test_same_episode_id_from_two_robots_are_two_episodes(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "robot1", decoded(stream(10)))
+    add(store, "robot2", decoded(stream(10)))
+    written(store, 2)
+    store.close()
+    assert len(open_dataset(tmp_path / "dataset")) == 2
+
+
+def test_a_restarted_store_resumes_pending_episodes_from_its_log(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "robot1", decoded(stream(6)))  # episode 0, steps 0-5
+    store.close()
+
+    store = open_store(tmp_path)
+    assert store.counters["pending_episodes"] == 1
+    add(store, "robot1", decoded(stream(6)))  # resent: all duplicates now
+    add(store, "robot1", decoded(stream(4, start=6), first_seq=6))
+    written(store, 1)
+    store.close()
+    assert store.counters["stored"] == 4 and store.counters["duplicates"] == 6
+    check_episode(open_dataset(tmp_path / "dataset").read(0), 0)
+
+
+def test_an_episode_whose_dataset_write_was_interrupted_is_written_again_once(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "robot1", decoded(stream(20)))
+    written(store, 2)
+    store.close()
+    # Killed after the intent record but before the manifest named episode 1: roll it back.
+    manifest_path = tmp_path / "dataset" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["episodes"] = manifest["episodes"][:1]
+    manifest_path.write_text(json.dumps(manifest))
+
+    store = open_store(tmp_path)
+    written(store, 1)
+    store.close()
+    assert stored_steps(tmp_path / "dataset") == {(e, s): 1 for e in range(2) for s in range(EPISODE_STEPS)}
+    check_episode(open_dataset(tmp_path / "dataset").read(1), 1)
+
+
+def test_an_abandoned_episode_is_kept_up_to_its_first_gap(tmp_path):
+    store = open_store(tmp_path, abandon_after_s=0.0)
+    items = decoded(stream(7))  # steps 0-6 of episode 0 ...
+    add(store, "robot1", items[:5] + items[6:])  # ... with step 5 missing
+    store.housekeeping()
+    wait_for(lambda: store.counters["episodes_salvaged"] == 1 and store.counters["episodes_written"] == 1, 10, "the salvaged episode")
+    add(store, "robot1", decoded([transition(0, 5)], first_seq=5))  # too late: a duplicate
+    store.close()
+
+    episode = open_dataset(tmp_path / "dataset").read(0)
+    assert episode.length == 4 and episode.truncations[-1] and not episode.terminals.any()
+    np.testing.assert_array_equal(episode.frames[-1], transition(0, 4).image)  # step 4's frame closes it
+    assert store.counters["duplicates"] == 1
+
+
+def test_finished_log_segments_are_deleted(tmp_path):
+    store = open_store(tmp_path, wal_segment_bytes=2_000)
+    for start in range(0, 40, 5):
+        add(store, "robot1", decoded(stream(5, start), first_seq=start))
+    add(store, "robot1", decoded(stream(3, 40), first_seq=40))  # an unfinished episode stays
+    written(store, 4)
+    segments_before = len(list((tmp_path / "wal").glob("*.log")))
+    store.housekeeping()
+    remaining = list((tmp_path / "wal").glob("*.log"))
+    assert segments_before > 2 and len(remaining) < segments_before
+    store.close()
+    store = open_store(tmp_path)  # what is left still holds the unfinished episode
+    assert store.counters["pending_episodes"] == 1
+    store.close()
+
+
+def test_steps_beyond_the_limit_are_refused(tmp_path):
+    store = open_store(tmp_path, max_steps=5)
+    acked, refused = add(store, "robot1", decoded(stream(7)))
+    assert acked == [0, 1, 2, 3, 4] and refused == [5, 6]
+    store.close()
+
+
+def test_a_store_refuses_storage_recorded_with_other_specs(tmp_path):
+    open_store(tmp_path).close()
+    with pytest.raises(StoreError, match="holds episodes for"):
+        open_store(tmp_path, observation_spec=ObservationSpec((64, 64, 3), ("episode", "step")))
