@@ -1,0 +1,63 @@
+"""CQL makes Q pessimistic off the data: on a toy dataset it lowers Q on unseen actions
+relative to the dataset's actions, where plain SAC does not."""
+
+import pytest
+import torch
+from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
+
+from robot_node.spec import ActionSpec, ObservationSpec
+from trainer.agent import EnsembleAgent
+from trainer.cql import CQLConfig
+from trainer.networks import NetworkConfig
+from trainer.sac import Batch, EnsembleSAC, SACConfig
+
+OBS = ObservationSpec((8, 8, 3), ())
+NET = NetworkConfig(ensemble_size=2, channels=4, strides=(2, 1), feature_dim=8, hidden_dim=64)
+DATA_ACTION = 0.5
+
+
+def toy_batch(agent: EnsembleAgent, generator: torch.Generator, size: int = 128) -> Batch:
+    """One-step episodes: every data action lies near 0.5 and earns reward 1 - |a - 0.5|."""
+    features = torch.randn(1, size, agent.feature_dim, generator=generator)
+    actions = (DATA_ACTION + 0.05 * torch.randn(1, size, 4, generator=generator)).clamp(-1, 1)
+    reward = 1.0 - (actions - DATA_ACTION).abs().mean(-1)
+    return Batch(
+        features, torch.zeros(1, size, 0), actions, reward, torch.zeros(1, size), features, torch.zeros(1, size, 0)
+    )
+
+
+def q_gap_after_training(cql: CQLConfig | None, steps: int = 100) -> tuple[float, float]:
+    torch.manual_seed(0)
+    agent = EnsembleAgent(OBS, ActionSpec(), NET)
+    sac = EnsembleSAC(agent, SACConfig(critic_lr=1e-3, actor_lr=1e-3), policy="members", cql=cql, train_encoder=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        sac.update(toy_batch(agent, generator))
+    test = toy_batch(agent, generator, 1000)
+    far = torch.rand(2, 1000, 4) * 0.8 - 1.0  # actions in [-1, -0.2]^4: never in the data
+    with torch.no_grad():
+        features = agent.features(test.obs)
+        q_data = agent.critic(features, None, test.action.expand(2, -1, -1)).mean().item()
+        q_far = agent.critic(features, None, far).mean().item()
+    return q_data, q_far
+
+
+def test_cql_lowers_q_on_out_of_distribution_actions_relative_to_data_actions():
+    q_data_sac, q_far_sac = q_gap_after_training(None)
+    q_data_cql, q_far_cql = q_gap_after_training(CQLConfig(alpha=5.0))
+    gap_sac, gap_cql = q_data_sac - q_far_sac, q_data_cql - q_far_cql
+    assert gap_cql > gap_sac + 1.0
+    assert q_far_cql < q_far_sac - 1.0
+
+
+def test_lagrange_variant_tunes_its_multiplier():
+    torch.manual_seed(0)
+    agent = EnsembleAgent(OBS, ActionSpec(), NET)
+    sac = EnsembleSAC(
+        agent, SACConfig(), policy="members", cql=CQLConfig(lagrange=True, target_action_gap=1.0, lagrange_lr=1e-2)
+    )
+    generator = torch.Generator().manual_seed(0)
+    metrics = [sac.update(toy_batch(agent, generator)) for _ in range(30)]
+    assert metrics[0]["cql/multiplier"] == pytest.approx(1.0, abs=0.02)
+    assert metrics[-1]["cql/multiplier"] != pytest.approx(1.0, abs=0.05)
+    assert sac.log_cql_multiplier is not None and "log_cql_multiplier" in sac.state_dict()

@@ -1,0 +1,89 @@
+"""`o2o-trainer`: pretrain, finetune-local, export, plot.
+
+User errors (bad dataset, bad run directory, wrong flags) end with exit status 2 and one line
+naming the problem; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from robot_node.dataset import DatasetError
+from robot_node.spec import SpecError
+from trainer.checkpoint import RunError
+from trainer.config import FinetuneConfig, PretrainConfig, add_config_flags, config_from_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="o2o-trainer", description="Offline pretraining, online fine-tuning and export of the policy ensemble."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    pretrain = commands.add_parser("pretrain", help="train N CQL agents on an offline dataset")
+    add_config_flags(pretrain, PretrainConfig)
+    finetune = commands.add_parser("finetune-local", help="fine-tune online against a local gymnasium env")
+    add_config_flags(finetune, FinetuneConfig)
+    export = commands.add_parser("export", help="write the ensemble policy as one ONNX graph for the robot")
+    export.add_argument("run", type=Path, metavar="RUN")
+    export.add_argument("--out", type=Path, required=True, help="ONNX file to write (weights inside)")
+    export.add_argument("--version", type=int, default=1, help="policy version written to the metadata (default: 1)")
+    plot = commands.add_parser("plot", help="draw learning curves of runs to a PNG")
+    plot.add_argument("runs", type=Path, nargs="+", metavar="RUN")
+    plot.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "pretrain":
+            config, _ = _config(parser, PretrainConfig, args)
+            from trainer.pretrain import pretrain
+
+            run = pretrain(config)
+            print(f"pretrained ensemble saved in {run}")
+        elif args.command == "finetune-local":
+            config, given = _config(parser, FinetuneConfig, args)
+            from trainer.finetune import finetune_local
+
+            run = finetune_local(config, given)
+            print(f"fine-tuned ensemble saved in {run}; summary in {run / 'summary.json'}")
+        elif args.command == "export":
+            _export(args.run, args.out, args.version)
+        else:
+            from trainer.plot import plot_runs
+
+            print(f"wrote {plot_runs(args.runs, args.out)}")
+    except (DatasetError, SpecError, RunError) as exc:
+        print(f"o2o-trainer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"o2o-trainer {args.command}: interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _config(parser: argparse.ArgumentParser, cls: type, args: argparse.Namespace):
+    try:
+        return config_from_args(cls, args)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+
+
+def _export(run: Path, out: Path, version: int) -> None:
+    from trainer.checkpoint import agent_from_checkpoint, read_checkpoint
+    from trainer.export import export_onnx
+
+    payload = read_checkpoint(run)
+    data = export_onnx(agent_from_checkpoint(payload), version=version, train_step=int(payload["step"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    members = payload["network"]["ensemble_size"]
+    print(f"wrote {out} ({len(data) / 1e6:.1f} MB, {members} members, step {payload['step']}, version {version})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""One configuration dataclass per training command, and the CLI flags generated from it.
+
+Every leaf field of a command's config (nested ones included) becomes a `--flag`; a field's
+metadata may rename its flag (`{"cli": "replay"}`). Only flags given on the command line
+override the defaults, and the command writes the resolved config next to its outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.cql import CQLConfig
+from trainer.learner import STRATEGIES, LearnerConfig
+from trainer.networks import NetworkConfig
+from trainer.replay import REPLAY_MODES, ReplayConfig
+from trainer.sac import SACConfig
+
+_THREADS_HELP = "CPU threads for torch; 0: torch's default. Where other processes share the cores, 1 is fastest"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Offline pretraining of N CQL agents on an episode dataset."""
+
+    data: str = field(default="", metadata={"help": "offline dataset directory (o2o_rl/episodes)"})
+    out: str = field(default="", metadata={"help": "run directory for checkpoints, metrics and config"})
+    steps: int = field(default=5_000, metadata={"help": "gradient steps"})
+    batch_size: int = field(default=256, metadata={"help": "transitions per member per step"})
+    seed: int = 0
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
+    threads: int = field(default=0, metadata={"help": _THREADS_HELP})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint"})
+    member_batches: str = field(
+        default="independent",
+        metadata={"help": "independent (own minibatch per member, as the paper) | shared (N× fewer images to encode)"},
+    )
+    log_every: int = 50
+    checkpoint_every: int = 1_000
+    network: NetworkConfig = NetworkConfig()
+    sac: SACConfig = SACConfig()
+    cql: CQLConfig = CQLConfig()
+
+    def __post_init__(self) -> None:
+        if self.member_batches not in ("independent", "shared"):
+            raise ValueError(f"member_batches must be 'independent' or 'shared', got {self.member_batches!r}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Online fine-tuning against a local gymnasium environment (no ROS, no network)."""
+
+    env: str = field(
+        default="o2o_rl/PickPlace-v0", metadata={"help": "gymnasium id ('module:id' imports module first)"}
+    )
+    env_kwargs: str = field(
+        default="", metadata={"help": 'JSON keyword arguments for gym.make, e.g. {"image_size": 84}'}
+    )
+    init: str = field(default="", metadata={"help": "pretrain run to start from; empty: SAC from scratch"})
+    data: str = field(default="", metadata={"help": "offline dataset; empty: the one --init was pretrained on"})
+    out: str = ""
+    steps: int = field(default=5_000, metadata={"help": "environment steps"})
+    seed: int = 0
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
+    threads: int = field(default=0, metadata={"help": _THREADS_HELP})
+    updates_per_step: int = 1
+    eval_every: int = field(default=1_000, metadata={"help": "environment steps between deterministic evaluations"})
+    eval_episodes: int = 10
+    log_every: int = 50
+    checkpoint_every: int = 1_000
+    learner: LearnerConfig = LearnerConfig()
+    replay: ReplayConfig = ReplayConfig()
+    network: NetworkConfig = field(
+        default=NetworkConfig(), metadata={"help": "used from scratch; --init brings its own"}
+    )
+    sac: SACConfig = SACConfig()
+
+
+# Flags whose field names would clash or read badly when flattened.
+_CLI_NAMES = {
+    ("ReplayConfig", "mode"): "replay",
+    ("ReplayConfig", "temperature"): "priority-temperature",
+    ("CQLConfig", "alpha"): "cql-alpha",
+    ("CQLConfig", "num_actions"): "cql-actions",
+    ("CQLConfig", "temperature"): "cql-temperature",
+    ("CQLConfig", "lagrange"): "cql-lagrange",
+    ("CQLConfig", "target_action_gap"): "cql-target-gap",
+    ("CQLConfig", "lagrange_lr"): "cql-lagrange-lr",
+    ("SACConfig", "tau"): "target-tau",
+    ("NetworkConfig", "encoder"): "encoder",
+    ("LearnerConfig", "freeze_encoder"): "freeze-encoder-online",
+}
+_CHOICES = {
+    ("ReplayConfig", "mode"): REPLAY_MODES,
+    ("NetworkConfig", "encoder"): ("shared", "per_member"),
+    ("PretrainConfig", "member_batches"): ("independent", "shared"),
+    ("LearnerConfig", "strategy"): STRATEGIES,
+}
+
+
+def _leaves(cls: type, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dataclasses.Field, Any, type]]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _leaves(hints[f.name], (*path, f.name))
+        else:
+            out.append(((*path, f.name), f, hints[f.name], cls))
+    return out
+
+
+def _parser_for(kind: Any) -> Any:
+    """A string -> value converter for a field's type (int, float, str, bool, tuples, optionals)."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # X | None
+        inner = _parser_for(next(a for a in args if a is not type(None)))
+        return lambda text: None if text.lower() in ("none", "auto", "") else inner(text)
+    if typing.get_origin(kind) is tuple:
+        item = _parser_for(args[0])
+        return lambda text: tuple(item(part) for part in text.split(",") if part)
+    if kind is bool:
+        return _parse_bool
+    return kind
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one flag per leaf field of `cls` (defaults suppressed, so only given flags override)."""
+    seen: set[str] = set()
+    for path, f, kind, owner in _leaves(cls):
+        name = _CLI_NAMES.get((owner.__name__, f.name), f.name.replace("_", "-"))
+        if name in seen:
+            raise AssertionError(f"two config fields share the flag --{name}")
+        seen.add(name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f.metadata.get("help", "")
+        help_text = f"{help_text} (default: {_show(default)})".strip()
+        dest = ".".join(path)
+        if kind is bool:
+            parser.add_argument(
+                f"--{name}", dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            choices = _CHOICES.get((owner.__name__, f.name))
+            metavar = None if choices else name.upper().replace("-", "_")
+            parser.add_argument(
+                f"--{name}",
+                dest=dest,
+                type=_parser_for(kind),
+                choices=choices,
+                metavar=metavar,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return "auto" if value is None else str(value)
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> tuple[Any, set[str]]:
+    """Build `cls` from the defaults and the flags given; returns the config and the dotted
+    names of the fields set on the command line."""
+    given = {k: v for k, v in vars(args).items() if "." in k or k in {f.name for f in dataclasses.fields(cls)}}
+    nested: dict[str, Any] = {}
+    for dotted, value in given.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return _build(cls, nested), set(given)
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _build(hints[name], value) if dataclasses.is_dataclass(hints[name]) else value
+    return cls(**kwargs)
+
+
+def write_config(run_dir: Path, config: Any, device: torch.device, **resolved: Any) -> None:
+    """Write the resolved config (every field, plus values decided at run time) as JSON."""
+    resolved = {"device": str(device), "threads": torch.get_num_threads(), **resolved}
+    payload = {"command": type(config).__name__, **dataclasses.asdict(config), "resolved": resolved}
+    (run_dir / "config.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")

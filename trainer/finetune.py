@@ -1,0 +1,205 @@
+"""Local online fine-tuning: the learner against a gymnasium environment in one process.
+
+No ROS and no network: the env stands in for the robot, and its steps reach the learner as
+the same `Transition`s a robot would stream, so what is studied here is what runs later.
+Evaluations with the deterministic action (tanh of the mixture mean, as the robot's
+`action` output) run on fixed seeds at step 0 and every `eval_every` steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from robot_node.link_interface import Transition
+from trainer.agent import EnsembleAgent
+from trainer.checkpoint import RunError, agent_from_checkpoint, read_checkpoint, save_checkpoint
+from trainer.config import FinetuneConfig, write_config
+from trainer.learner import OnlineLearner
+from trainer.metrics import MetricsLogger, RunningMean
+from trainer.offline_data import load_offline
+from trainer.plot import plot_runs
+from trainer.run import (
+    check_finite,
+    new_agent,
+    prepare_run_dir,
+    progress,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
+
+EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes use their own fixed seeds
+
+
+def make_env(env_id: str, kwargs_json: str = "") -> gym.Env:
+    """gym.make, registering the project's simulator (`import sim`) for o2o_rl/ ids."""
+    try:
+        kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    except json.JSONDecodeError as exc:
+        raise RunError(f"--env-kwargs: not JSON ({exc})") from None
+    if not isinstance(kwargs, dict):
+        raise RunError("--env-kwargs: must be a JSON object")
+    if ":" not in env_id and env_id.startswith("o2o_rl/") and env_id not in gym.registry:
+        importlib.import_module("sim")
+    try:
+        env = gym.make(env_id, **kwargs)
+    except (gym.error.Error, ModuleNotFoundError, TypeError) as exc:
+        raise RunError(f"--env {env_id}: {exc}") from None
+    if not hasattr(env.unwrapped, "observation_spec") or not hasattr(env.unwrapped, "action_spec"):
+        raise RunError(f"--env {env_id}: the environment publishes no observation_spec/action_spec")
+    return env
+
+
+def split_obs(obs: dict) -> tuple[np.ndarray, np.ndarray]:
+    return obs["pixels"], np.asarray(obs.get("state", np.zeros(0)), np.float32)
+
+
+def evaluate(agent: EnsembleAgent, env: gym.Env, episodes: int) -> dict[str, float]:
+    """Mean return and success rate of the deterministic action over fixed-seed episodes."""
+    returns, successes = [], []
+    for i in range(episodes):
+        obs, info = env.reset(seed=EVAL_SEED_OFFSET + i)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(agent.act(*split_obs(obs), deterministic=True))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+        successes.append(bool(info.get("success", False)))
+    return {"eval/return": float(np.mean(returns)), "eval/success_rate": float(np.mean(successes))}
+
+
+def agent_and_data(config: FinetuneConfig, given: set[str], env: gym.Env) -> tuple[EnsembleAgent, str]:
+    """The agent to fine-tune and the offline dataset that goes with it."""
+    spec, action_spec = env.unwrapped.observation_spec, env.unwrapped.action_spec
+    if not config.init:
+        return new_agent(spec, action_spec, config.network), config.data
+    payload = read_checkpoint(config.init)
+    shape_flags = sorted(name for name in given if name.startswith("network.") and name != "network.ensemble_size")
+    if shape_flags:
+        flag = shape_flags[0].split(".", 1)[1].replace("_", "-")
+        raise RunError(f"--{flag}: the network's shape comes from --init {config.init}")
+    size = config.network.ensemble_size if "network.ensemble_size" in given else None
+    agent = agent_from_checkpoint(payload, size)
+    if agent.observation_spec != spec or agent.action_spec != action_spec:
+        raise RunError(
+            f"--init {config.init}: trained for {agent.observation_spec.to_json()}, the env has {spec.to_json()}"
+        )
+    return agent, config.data or payload.get("dataset", "")
+
+
+def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Path:
+    run_dir = prepare_run_dir(config.out)
+    device = resolve_device(config.device)
+    set_threads(config.threads)
+    rng = seed_everything(config.seed)
+    env, eval_env = make_env(config.env, config.env_kwargs), make_env(config.env, config.env_kwargs)
+    agent, data = agent_and_data(config, given, env)
+    agent.to(device)
+    freeze = config.learner.freeze_encoder if config.learner.freeze_encoder is not None else bool(config.init)
+    offline = None
+    if config.replay.mode != "online_only":
+        if not data:
+            raise RunError(
+                f"--replay {config.replay.mode} needs offline data: give --data DIR or --init a pretrained run"
+            )
+        _, offline = load_offline(data, agent.observation_spec, agent.action_spec)
+    learner_config = dataclasses.replace(config.learner, freeze_encoder=freeze)
+    learner = OnlineLearner(agent, learner_config, config.sac, config.replay, offline, seed=config.seed)
+    dataset = str(Path(data).resolve()) if data else ""
+    write_config(
+        run_dir, config, device, freeze_encoder_online=freeze, dataset=dataset, network=dataclasses.asdict(agent.config)
+    )
+
+    logger = MetricsLogger(run_dir)
+    means = RunningMean()
+    initial = evaluate(agent, eval_env, config.eval_episodes)
+    logger.log(0, initial)
+    bar = progress(config.steps, 0, "finetune", "env step")
+    obs, _ = env.reset(seed=config.seed)
+    episode, episode_step, episode_return = 0, 0, 0.0
+    random_warmup = not config.init  # from scratch, the first actions are uniform as in SAC
+    started = time.monotonic()
+    final = initial
+    try:
+        for step in range(1, config.steps + 1):
+            image, state = split_obs(obs)
+            if random_warmup and step <= config.learner.warmup:
+                action = rng.uniform(agent.action_spec.low, agent.action_spec.high, agent.action_spec.dim).astype(
+                    np.float32
+                )
+            else:
+                action = agent.act(image, state)
+            obs, reward, terminated, truncated, info = env.step(action)
+            episode_return += float(reward)
+            done = terminated or truncated
+            next_image, next_state = split_obs(obs) if done else (None, None)
+            learner.add_transition(
+                Transition(
+                    episode_id=f"local-{config.seed}-{episode}",
+                    step=episode_step,
+                    image=image,
+                    state=state,
+                    action=action,
+                    reward=float(reward),
+                    terminal=bool(terminated),
+                    truncated=bool(truncated),
+                    policy_version=0,
+                    stamp=time.time(),
+                    next_image=next_image,
+                    next_state=next_state,
+                )
+            )
+            episode_step += 1
+            if done:
+                logger.log(
+                    step, {"episode/return": episode_return, "episode/success": float(bool(info.get("success", False)))}
+                )
+                obs, _ = env.reset()
+                episode, episode_step, episode_return = episode + 1, 0, 0.0
+            for _ in range(config.updates_per_step):
+                metrics = learner.update()
+                if metrics is not None:
+                    check_finite(metrics, learner.train_step)
+                    means.add(metrics)
+            bar.update(1)
+            if step % config.log_every == 0:
+                logger.log(step, means.pop())
+            if step % config.eval_every == 0 or step == config.steps:
+                final = evaluate(agent, eval_env, config.eval_episodes)
+                logger.log(step, final)
+                bar.set_postfix(success=f"{final['eval/success_rate']:.2f}", ret=f"{final['eval/return']:.2f}")
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                extra = {"dataset": dataset, "env_steps": step}
+                save_checkpoint(
+                    run_dir,
+                    agent,
+                    kind="finetune",
+                    step=learner.train_step,
+                    learner_state=learner.state_dict(),
+                    extra=extra,
+                )
+    finally:
+        bar.close()
+        logger.close()
+        env.close()
+        eval_env.close()
+    summary = {
+        "initial": initial,
+        "final": final,
+        "env_steps": config.steps,
+        "updates": learner.train_step,
+        "seconds": round(time.monotonic() - started, 1),
+        "replay": learner.replay.counters,
+        "rejected": learner.rejected,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot_runs([run_dir], run_dir / "curves.png")
+    return run_dir
