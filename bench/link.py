@@ -13,13 +13,20 @@ reports transitions/s into the dataset, writer included.
 
 Baseline, in the same run: what existing actor/learner code does — each transition pickled
 with obs and next_obs, lz4-compressed, over a plain PUSH/PULL socket, no acknowledgement, no
-disk, no checks (the only pickle in this project; it never leaves this script).
+disk, no checks (the only pickle in this project; it never leaves this script). Runs go in
+rounds (every configuration, the baseline right after CURVE+PNG 64×64), so load from other work
+hits all alike; medians over rounds, and the PNG/baseline ratio of each round.
+
+Where the time goes: each end reports the CPU it spent per transition (all its threads:
+link, ZeroMQ I/O with CURVE, disk), and the steps of the PNG path and of the baseline are timed
+one at a time in this process (`cpu_breakdown_us_png64`; "other" is what the steps do not
+explain: ZeroMQ with CURVE, the link threads' loops, cache misses under load).
 
 Weight push: trainer push_weights -> the robot child holds a validated new session (it polls
 latest_weights every millisecond, then calls robot_node.policy.load_policy, the node's checks
-before a hot swap). Models: about 1 MB, and a 5-member DrQ-v2-style pixel ensemble of about 10M
-parameters (41 MB), built here with torch (trainer/export.py is not on main yet) and labelled
-with the metadata the exporter writes.
+before a hot swap). Models: the trainer's default N=5 pixel policy as trainer/export.py writes it
+(the `weight_push_p50_ms`/`p95` figures), a 1 MB stand-in and a 41 MB DrQ-v2-sized stand-in
+(torch-exported, labelled as the exporter labels its models).
 
 Last line: one JSON object. The machine may be shared: expect noise, compare ratios.
 """
@@ -104,7 +111,7 @@ def robot_child(args: argparse.Namespace) -> None:
     size = args.size
     config = LinkConfig(
         endpoint=args.endpoint, robot_id="bench-robot", spool_dir=args.spool,
-        observation_spec=ObservationSpec((size, size, 3), STATE_NAMES), action_spec=ACTION,
+        observation_spec=ObservationSpec.from_json(args.spec) if args.spec else ObservationSpec((size, size, 3), STATE_NAMES), action_spec=ACTION,
         codec=wire.Codec(args.codec), insecure=not args.keys,
         secret_key=f"{args.keys}/robot.key_secret" if args.keys else None, trainer_key=f"{args.keys}/trainer.key" if args.keys else None,
     )
@@ -317,13 +324,30 @@ def _best_us(step, count: int, rounds: int = 5) -> float:
 # ---------------------------------------------------------------------------- weight push
 
 
-def policy_onnx(members: int, strides: tuple[int, ...], trunk: int, hidden: int) -> bytes:
+def default_policy() -> tuple[bytes, ObservationSpec]:
+    """The trainer's default policy as trainer/export.py writes it: N=5, NetworkConfig's defaults,
+    on the simulator's observations (64×64 image, 6 joint positions)."""
+    from trainer.agent import EnsembleAgent
+    from trainer.export import export_onnx
+    from trainer.networks import NetworkConfig
+
+    obs = ObservationSpec((64, 64, 3), tuple(f"joint_{i}" for i in range(6)))
+    onnx = export_onnx(EnsembleAgent(obs, ACTION, NetworkConfig()), version=1, train_step=0)
+    log(f"policy: the trainer's default N=5 export, {len(onnx) / 1e6:.1f} MB of ONNX")
+    return onnx, obs
+
+
+def standin_policy(members: int, strides: tuple[int, ...], trunk: int, hidden: int) -> tuple[bytes, ObservationSpec]:
     """A DrQ-v2-style ensemble policy with the project's ONNX contract (inputs image/state,
-    outputs mean/log_std/action), exported with torch."""
+    outputs mean/log_std/action) and metadata, exported with torch: a 1 MB model, and a large one
+    (strides 2,1,1,1 at 84×84 as in DrQ-v2: about 10M parameters, 41 MB)."""
     import io
 
+    import onnx as onnx_lib
     import torch
     from torch import nn
+
+    from robot_node import spec
 
     class Ensemble(nn.Module):
         def __init__(self) -> None:
@@ -354,36 +378,42 @@ def policy_onnx(members: int, strides: tuple[int, ...], trunk: int, hidden: int)
     dummy = (torch.zeros(1, *POLICY_SPEC.image_shape, dtype=torch.uint8), torch.zeros(1, POLICY_SPEC.state_dim))
     torch.onnx.export(model, dummy, buffer, input_names=["image", "state"], output_names=["mean", "log_std", "action"],
                       dynamic_axes={"image": {0: "B"}, "state": {0: "B"}}, dynamo=False)
-    log(f"policy: {members} members, {params / 1e6:.1f}M parameters, {len(buffer.getvalue()) / 1e6:.1f} MB of ONNX")
-    return buffer.getvalue()
+    proto = onnx_lib.load_from_string(buffer.getvalue())
+    onnx_lib.helper.set_model_props(proto, {
+        spec.META_VERSION: "1", spec.META_TRAIN_STEP: "0", spec.META_ENSEMBLE_SIZE: str(members),
+        spec.META_OBSERVATION_SPEC: POLICY_SPEC.to_json(), spec.META_ACTION_SPEC: ACTION.to_json(),
+    })
+    onnx = proto.SerializeToString()
+    log(f"policy: {members}-member stand-in, {params / 1e6:.1f}M parameters, {len(onnx) / 1e6:.1f} MB of ONNX")
+    return onnx, POLICY_SPEC
 
 
-def with_metadata(onnx: bytes, version: int, members: int) -> bytes:
-    """The model as the exporter labels it (docs/ARCHITECTURE.md, "Policy model"): load_policy
-    refuses a model whose metadata version differs from the envelope's."""
+def relabelled(onnx: bytes, version: int) -> bytes:
+    """The model labelled as another version (load_policy refuses a model whose metadata version
+    differs from the envelope's)."""
     import onnx as onnx_lib
 
     from robot_node import spec
 
     model = onnx_lib.load_from_string(onnx)
-    meta = {
-        spec.META_VERSION: str(version), spec.META_TRAIN_STEP: str(version), spec.META_ENSEMBLE_SIZE: str(members),
-        spec.META_OBSERVATION_SPEC: POLICY_SPEC.to_json(), spec.META_ACTION_SPEC: ACTION.to_json(),
-    }
-    onnx_lib.helper.set_model_props(model, meta)
+    for prop in model.metadata_props:
+        if prop.key in (spec.META_VERSION, spec.META_TRAIN_STEP):
+            prop.value = str(version)
     return model.SerializeToString()
 
 
-def weight_push(onnx: bytes, members: int, pushes: int, keys: Path) -> list[float]:
+def weight_push(onnx: bytes, obs: ObservationSpec, pushes: int, keys: Path) -> list[float]:
+    """ms from the trainer's push_weights to the robot process holding a session that passed
+    load_policy, for `pushes` versions one after another."""
+    labelled = [relabelled(onnx, version) for version in range(1, pushes + 1)]
     with tempfile.TemporaryDirectory() as tmp:
-        server = trainer(Path(tmp), POLICY_SPEC, keys)
-        child = Child("--child", "weights", "--endpoint", server.endpoint, "--spool", f"{tmp}/spool", "--size", "84", "--keys", str(keys))
+        server = trainer(Path(tmp), obs, keys)
+        child = Child("--child", "weights", "--endpoint", server.endpoint, "--spool", f"{tmp}/spool", "--spec", obs.to_json(), "--keys", str(keys))
         latencies = []
         try:
             child.line(60)  # connected and polling
-            for version in range(1, pushes + 1):
-                labelled = with_metadata(onnx, version, members)
-                weights = PolicyWeights.from_onnx(labelled, version=version, train_step=version, observation_spec=POLICY_SPEC, action_spec=ACTION)
+            for version, model in enumerate(labelled, start=1):
+                weights = PolicyWeights.from_onnx(model, version=version, train_step=version, observation_spec=obs, action_spec=ACTION)
                 sent = time.monotonic()
                 server.push_weights(weights)
                 result = child.line(60)
@@ -414,7 +444,10 @@ def cpu_breakdown(link: dict, base: dict, stages: dict[str, dict[str, float]]) -
         "baseline sender": (base["cpu_us"]["robot"], {"pickle+lz4": baseline_["pickle_lz4"]}),
         "baseline receiver": (base["cpu_us"]["trainer"], {"lz4+unpickle": baseline_["lz4_unpickle"]}),
     }
-    return {row: {**steps, "other": round(total - sum(steps.values()), 1), "total": round(total, 1)} for row, (total, steps) in parts.items()}
+    return {
+        row: {**{step: round(us, 1) for step, us in steps.items()}, "other": round(total - sum(steps.values()), 1), "total": round(total, 1)}
+        for row, (total, steps) in parts.items()
+    }
 
 
 def plot(out: Path, rates: dict[str, float], latencies: dict[str, list[float]], breakdown: dict[str, dict[str, float]]) -> Path:
@@ -457,6 +490,7 @@ def main() -> None:
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--spool", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--codec", default="png", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--keys", help=argparse.SUPPRESS)
@@ -493,11 +527,14 @@ def main() -> None:
                     runs["baseline"].append(baseline(64, n64))
         medians = {name: median_of(results) for name, results in runs.items()}
         stages = stage_costs(64)
-        small = policy_onnx(members=1, strides=(2, 2, 1, 1), trunk=30, hidden=64)
-        pixel = policy_onnx(members=5, strides=(2, 1, 1, 1), trunk=50, hidden=256)
+        models = {
+            "1mb": standin_policy(members=1, strides=(2, 2, 1, 1), trunk=30, hidden=64),
+            "default_n5": default_policy(),
+            "large_41mb": standin_policy(members=5, strides=(2, 1, 1, 1), trunk=50, hidden=256),
+        }
         latencies = {}
-        for name, onnx, members in (("1mb", small, 1), ("pixel_n5", pixel, 5)):
-            latencies[name] = weight_push(onnx, members, pushes, keys)
+        for name, (onnx, obs) in models.items():
+            latencies[name] = weight_push(onnx, obs, pushes, keys)
             log(f"weight push {name} ({len(onnx) / 1e6:.1f} MB): p50 {percentile(latencies[name], 50):.0f} ms, p95 {percentile(latencies[name], 95):.0f} ms")
 
     png64, base = medians["curve_png64"], medians["baseline"]
@@ -516,11 +553,10 @@ def main() -> None:
         "cpu_breakdown_us_png64": breakdown,
         "mb_per_s": {name: round(r["mb_per_s"], 1) for name, r in medians.items() if "mb_per_s" in r},
         "into_dataset_transitions_per_s": {name: round(r["into_dataset_per_s"]) for name, r in medians.items() if "into_dataset_per_s" in r},
-        "weight_push_p50_ms": round(percentile(latencies["pixel_n5"], 50), 1),
-        "weight_push_p95_ms": round(percentile(latencies["pixel_n5"], 95), 1),
-        "weight_push_1mb_p50_ms": round(percentile(latencies["1mb"], 50), 1),
-        "weight_push_1mb_p95_ms": round(percentile(latencies["1mb"], 95), 1),
-        "pixel_policy_mb": round(len(pixel) / 1e6, 1),
+        "weight_push_p50_ms": round(percentile(latencies["default_n5"], 50), 1),
+        "weight_push_p95_ms": round(percentile(latencies["default_n5"], 95), 1),
+        **{f"weight_push_{name}_p{q}_ms": round(percentile(latencies[name], q), 1) for name in ("1mb", "large_41mb") for q in (50, 95)},
+        "policy_mb": {name: round(len(onnx) / 1e6, 1) for name, (onnx, _) in models.items()},
         "pushes_per_model": pushes,
         "rounds": repeats,
         "load_average": round(os.getloadavg()[0], 2),

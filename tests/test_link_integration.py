@@ -345,6 +345,7 @@ def test_a_silent_trainer_is_detected_within_the_deadline_and_the_robot_recovers
         lost_after = wait_for(lambda: not robot.status().connected, DEADLINE_S, "the robot to notice")
         assert lost_after <= FAST["peer_timeout_s"] + 1.0
         assert "no message from the trainer" in robot.status().detail
+        wait_for(lambda: robot.status().counters["disconnects"] == 1, DEADLINE_S, "the link thread to drop the connection")  # status() may see the deadline pass a poll earlier
         for t in stream(10):
             robot.submit(t)
     finally:
