@@ -22,13 +22,18 @@ import msgpack
 from isal.isal_zlib import crc32  # zlib's CRC-32, several times faster (carry-less multiply)
 
 FRAME = struct.Struct("<II")  # payload length, crc32 of the payload
-HEAD = struct.Struct("<I")  # length of a blob record's msgpack head
+HEAD = struct.Struct("<BI")  # a blob record's format and the length of its msgpack head
+BLOB_FORMAT = 1
 SEGMENT_SUFFIX = ".log"
 IOV_MAX = 1024  # parts per writev call (POSIX guarantees at least 16; Linux allows 1024)
 
 Record = Sequence[bytes]  # a record's payload is the concatenation of its parts
 
 log = logging.getLogger(__name__)
+
+
+class RecordFormatError(ValueError):
+    """A record this version does not read (written by another version): refused, not misread."""
 
 
 @dataclass(frozen=True)
@@ -155,12 +160,18 @@ def blob_record(head: Any, blobs: Sequence[bytes]) -> list[bytes]:
     """A record of a msgpack value and binary blobs (images), as parts: the blobs are written
     as they are instead of being copied into a msgpack buffer."""
     packed = msgpack.packb([head, [len(b) for b in blobs]], use_bin_type=True)
-    return [HEAD.pack(len(packed)), packed, *blobs]
+    return [HEAD.pack(BLOB_FORMAT, len(packed)), packed, *blobs]
+
+
+def is_blob_record(payload: bytes) -> bool:
+    return payload[:1] == bytes([BLOB_FORMAT])
 
 
 def read_blob_record(payload: bytes) -> tuple[Any, list[bytes]]:
     """The head and blobs of a `blob_record` payload."""
-    (size,) = HEAD.unpack_from(payload)
+    if not is_blob_record(payload) or len(payload) < HEAD.size:
+        raise RecordFormatError("a record in a format this version does not read (written by another version of o2o_rl?)")
+    _, size = HEAD.unpack_from(payload)
     head, lengths = msgpack.unpackb(payload[HEAD.size : HEAD.size + size], raw=False)
     blobs, offset = [], HEAD.size + size
     for length in lengths:

@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 
 from robot_node.protocol import EncodedTransition
-from robot_node.record_log import Location, SegmentLog, blob_record, read_blob_record
+from robot_node.record_log import Location, RecordFormatError, SegmentLog, blob_record, is_blob_record, read_blob_record
 
 TRANSITION, ACKS = b"T", b"A"
 SEQ = struct.Struct("<Q")
@@ -42,6 +42,8 @@ class Spool:
         self.next_seq = 0
         for location, payload in self._log.replay():
             if payload[:1] == TRANSITION:
+                if not is_blob_record(payload[1 + SEQ.size :]):
+                    raise RecordFormatError(f"spool {directory}: a transition in a format this version does not read (written by another version of o2o_rl?); move the spool aside")
                 (seq,) = SEQ.unpack_from(payload, 1)
                 self._unacked[seq] = location
                 self._live[location.segment] += 1
@@ -60,7 +62,7 @@ class Spool:
         return self._log.size_bytes
 
     def append(self, batch: list[EncodedTransition]) -> list[int]:
-        """Store transitions under new sequence numbers (one write); the numbers come back."""
+        """Store transitions under new sequence numbers (one writev); the numbers come back."""
         seqs = list(range(self.next_seq, self.next_seq + len(batch)))
         records = [[TRANSITION + SEQ.pack(seq), *blob_record(e.item, e.frames)] for seq, e in zip(seqs, batch)]
         for seq, location, encoded in zip(seqs, self._log.append(records), batch):

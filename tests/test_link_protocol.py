@@ -14,10 +14,11 @@ import zmq.auth
 
 from robot_node import protocol as wire
 from robot_node.keys import KeyFileError, generate, load_keypair, load_public
+from robot_node.link import LinkConfigError, ZmqTrainerLink
 from robot_node.link_interface import PolicyWeights
-from robot_node.record_log import SegmentLog, blob_record, read_blob_record
+from robot_node.record_log import RecordFormatError, SegmentLog, blob_record, read_blob_record
 from robot_node.spool import Spool
-from link_helpers import ACT, OBS, SPECS, message_of, transition
+from link_helpers import ACT, OBS, SPECS, message_of, robot_config, transition
 
 def decode(frames):
     return wire.decode_transitions(wire.parse(frames, "trainer"), SPECS)
@@ -277,6 +278,14 @@ def test_spool_sends_its_newest_transitions_from_memory_and_older_ones_from_disk
     segment.write_bytes(pristine)
     assert spool.get(0).item["step"] == 0 and spool.get(5).item["step"] == 5  # after the first send: from disk
     spool.close()
+
+
+def test_a_spool_in_a_format_this_version_does_not_read_is_refused_with_a_clear_error(tmp_path):
+    SegmentLog(tmp_path / "spool", segment_bytes=1 << 20).append([[b"T" + bytes(8) + msgpack.packb([{"step": 0}, [b"png"]])]])  # the previous format
+    with pytest.raises(RecordFormatError, match="move the spool aside"):
+        Spool(tmp_path / "spool")
+    with pytest.raises(LinkConfigError, match="move the spool aside"):  # the node reports it in one line
+        ZmqTrainerLink(robot_config("tcp://127.0.0.1:1", tmp_path / "spool", keys=None))
 
 
 def test_spool_survives_a_torn_last_record(tmp_path):

@@ -2,10 +2,12 @@
 
 import json
 
+import msgpack
 import numpy as np
 import pytest
 
 from robot_node.dataset import open_dataset
+from robot_node.record_log import SegmentLog
 from robot_node.spec import ObservationSpec
 from link_helpers import ACT, EPISODE_STEPS, OBS, check_episode, decoded, stored_steps, stream, transition, wait_for
 from trainer.transition_store import StoreError, TransitionStore
@@ -137,3 +139,12 @@ def test_a_store_refuses_storage_recorded_with_other_specs(tmp_path):
     open_store(tmp_path).close()
     with pytest.raises(StoreError, match="holds episodes for"):
         open_store(tmp_path, observation_spec=ObservationSpec((64, 64, 3), ("episode", "step")))
+
+
+def test_a_log_in_a_format_this_version_does_not_read_is_refused_with_a_clear_error(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "robot1", decoded(stream(3)))
+    store.close()
+    SegmentLog(tmp_path / "wal", segment_bytes=1 << 20).append([[msgpack.packb(["robot1", "png", {"episode": "e"}, [b"png"]])]])  # the previous format
+    with pytest.raises(StoreError, match="format this version does not read"):
+        open_store(tmp_path)

@@ -32,7 +32,7 @@ from robot_node.counters import Counters
 from robot_node.dataset import MANIFEST_NAME, DatasetError, DatasetWriter, Episode, EpisodeRecord
 from robot_node.link_interface import Transition
 from robot_node.protocol import DecodedItem, ProtocolError, Specs, decode_item
-from robot_node.record_log import SegmentLog, blob_record, read_blob_record
+from robot_node.record_log import RecordFormatError, SegmentLog, blob_record, read_blob_record
 from robot_node.spec import ActionSpec, ObservationSpec
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,12 @@ class TransitionStore:
         self._segment_episodes: dict[int, set[EpisodeKey]] = {}
         self._done_log = SegmentLog(self.root / "done", segment_bytes=1 << 40, sync=sync)
         self._wal = SegmentLog(self.root / "wal", segment_bytes=wal_segment_bytes, sync=sync)
-        self._recover()
+        try:
+            self._recover()
+        except StoreError:
+            self._wal.close()
+            self._done_log.close()
+            raise
         self._queue: queue.Queue[tuple[EpisodeKey, list[Transition]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._write_loop, name="episode-writer", daemon=True)
         self._thread.start()
@@ -192,7 +197,10 @@ class TransitionStore:
                 self._done.add((robot_id, episode_id))
         replayed = 0
         for location, payload in self._wal.replay():
-            (robot_id, codec, item), frames = read_blob_record(payload)
+            try:
+                (robot_id, codec, item), frames = read_blob_record(payload)
+            except RecordFormatError as exc:
+                raise StoreError(f"{self.root / 'wal'}: {exc}; move the storage aside") from None
             key = (robot_id, item["episode"])
             self._segment_episodes.setdefault(location.segment, set()).add(key)
             if key in self._done:
