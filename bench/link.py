@@ -87,13 +87,13 @@ def camera_frames(size: int, count: int, seed: int = 0) -> list[np.ndarray]:
     return frames
 
 
-def transitions(size: int, count: int) -> list[Transition]:
-    """`count` transitions of one episode."""
+def transitions(size: int, count: int, ends: bool = True) -> list[Transition]:
+    """`count` transitions of one episode (which goes on after them unless it `ends`)."""
     frames = camera_frames(size, 64)
     rng = np.random.default_rng(1)
     out = []
     for i in range(count):
-        last = i == count - 1
+        last = ends and i == count - 1
         out.append(Transition(
             episode_id="bench", step=i, image=frames[i % 64],
             state=rng.standard_normal(len(STATE_NAMES)).astype(np.float32), action=rng.uniform(-1, 1, 4).astype(np.float32),
@@ -119,7 +119,7 @@ def robot_child(args: argparse.Namespace) -> None:
     link = ZmqTrainerLink(config)
     wait(lambda: link.status().connected, 30)
     if args.mode == "throughput":
-        stream = transitions(size, args.count)
+        stream = transitions(size, args.count, ends=not args.open_episode)
         start, cpu = time.monotonic(), time.process_time()
         print(json.dumps({"start": start}), flush=True)
         for t in stream:
@@ -185,30 +185,31 @@ def trainer(workdir: Path, obs: ObservationSpec, keys: Path | None) -> TrainerSe
     return TrainerServer(ServerConfig(bind="tcp://127.0.0.1:0", **secure), store)
 
 
-def throughput(size: int, codec: str, curve: bool, count: int, keys: Path) -> dict:
-    """Acknowledged (in the trainer's write-ahead log) and written (episodes in the dataset) per
-    second, and the CPU each end spent per acknowledged transition (all its threads: link,
-    ZeroMQ I/O with CURVE, disk)."""
+def throughput(size: int, codec: str, curve: bool, count: int, keys: Path, into_dataset: bool = True) -> dict:
+    """Acknowledged (in the trainer's write-ahead log) and, if `into_dataset`, written (the episode
+    in the dataset) per second, and the CPU each end spent per acknowledged transition (all its
+    threads: link, ZeroMQ I/O with CURVE, disk)."""
     with tempfile.TemporaryDirectory() as tmp:
         server = trainer(Path(tmp), ObservationSpec((size, size, 3), STATE_NAMES), keys if curve else None)
         child = Child("--child", "throughput", "--endpoint", server.endpoint, "--spool", f"{tmp}/spool", "--size", str(size),
-                      "--codec", codec, "--count", str(count), *(["--keys", str(keys)] if curve else []))
+                      "--codec", codec, "--count", str(count), *(["--keys", str(keys)] if curve else []), *([] if into_dataset else ["--open-episode"]))
         try:
             start = child.line(60)["start"]
             cpu = time.process_time()
             result = child.line()
             cpu = time.process_time() - cpu
-            wait(lambda: server.store.counters["episodes_written"] >= 1, 600, interval_s=0.01)
-            written = time.monotonic() - start
+            if into_dataset:
+                wait(lambda: server.store.counters["episodes_written"] >= 1, 600, interval_s=0.01)
+                written = time.monotonic() - start
         finally:
             child.stop()
             server.close()
     rate = count / result["elapsed"]
     mb_s = result["sent_bytes"] / result["elapsed"] / 1e6
-    log(f"{'curve' if curve else 'plain'} {codec} {size}x{size}: {rate:,.0f} transitions/s acknowledged, {mb_s:.1f} MB/s on the wire; "
-        f"{count / written:,.0f} transitions/s into the dataset")
-    return {"transitions_per_s": rate, "mb_per_s": mb_s, "into_dataset_per_s": count / written,
-            "cpu_us": {"robot": 1e6 * result["cpu_s"] / count, "trainer": 1e6 * cpu / count}}
+    stored = f"; {count / written:,.0f} transitions/s into the dataset" if into_dataset else ""
+    log(f"{'curve' if curve else 'plain'} {codec} {size}x{size}: {rate:,.0f} transitions/s acknowledged, {mb_s:.1f} MB/s on the wire{stored}")
+    return {"transitions_per_s": rate, "mb_per_s": mb_s, "cpu_us": {"robot": 1e6 * result["cpu_s"] / count, "trainer": 1e6 * cpu / count},
+            **({"into_dataset_per_s": count / written} if into_dataset else {})}
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -268,7 +269,7 @@ def stage_costs(size: int, count: int = 512) -> dict[str, dict[str, float]]:
 
     obs = ObservationSpec((size, size, 3), STATE_NAMES)
     specs, codec = wire.Specs(obs, ACTION), wire.Codec("png")
-    stream = transitions(size, count + 1)[:count]  # an episode that does not end: the writer stays idle
+    stream = transitions(size, count, ends=False)  # the episode writer stays idle
     encoded = [wire.encode_transition(t, specs, codec) for t in stream]
     batches = [list(enumerate(encoded))[i : i + 64] for i in range(0, count, 64)]
     messages = [wire.pack_transitions("bench-robot", "png", specs, batch) for batch in batches]
@@ -493,6 +494,7 @@ def main() -> None:
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--codec", default="png", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--open-episode", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--keys", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "baseline":
@@ -520,11 +522,16 @@ def main() -> None:
         }
         throughput(64, "png", True, 1000, keys)  # warm-up: imports, and memory this VM has not touched yet is slow to touch
         runs: dict[str, list[dict]] = {name: [] for name in [*configs, "baseline"]}
-        for _ in range(repeats):  # rounds, so that the machine's load hits every configuration and the baseline alike
+        ratios = []
+        for _ in range(repeats):  # rounds, so that the machine's load hits every configuration alike
             for name, config in configs.items():
                 runs[name].append(throughput(*config, keys))
-                if name == "curve_png64":
-                    runs["baseline"].append(baseline(64, n64))
+                if name == "curve_png64":  # PNG, baseline, baseline, PNG: a load that drifts during the round hits both alike
+                    pair = [baseline(64, n64), baseline(64, n64), throughput(*config, keys, into_dataset=False)]
+                    runs["baseline"] += pair[:2]
+                    runs[name].append(pair[2])
+                    png_runs = runs[name][-2:]
+                    ratios.append(sum(r["transitions_per_s"] for r in png_runs) / sum(r["transitions_per_s"] for r in pair[:2]))
         medians = {name: median_of(results) for name, results in runs.items()}
         stages = stage_costs(64)
         models = {
@@ -547,12 +554,12 @@ def main() -> None:
         "transitions_per_s_curve_jpeg64": round(medians["curve_jpeg64"]["transitions_per_s"]),
         "transitions_per_s_curve_raw64": round(medians["curve_raw64"]["transitions_per_s"]),
         "baseline_transitions_per_s": round(base["transitions_per_s"]),
-        "ratio_to_baseline": round(png64["transitions_per_s"] / base["transitions_per_s"], 2),
-        "ratio_to_baseline_per_round": [round(a["transitions_per_s"] / b["transitions_per_s"], 2) for a, b in zip(runs["curve_png64"], runs["baseline"])],
+        "ratio_to_baseline": round(statistics.median(ratios), 2),
+        "ratio_to_baseline_per_round": [round(r, 2) for r in ratios],
         "cpu_us_per_transition": {name: {end: round(us) for end, us in r["cpu_us"].items()} for name, r in medians.items()},
         "cpu_breakdown_us_png64": breakdown,
         "mb_per_s": {name: round(r["mb_per_s"], 1) for name, r in medians.items() if "mb_per_s" in r},
-        "into_dataset_transitions_per_s": {name: round(r["into_dataset_per_s"]) for name, r in medians.items() if "into_dataset_per_s" in r},
+        "into_dataset_transitions_per_s": {name: round(statistics.median(r["into_dataset_per_s"] for r in results if "into_dataset_per_s" in r)) for name, results in runs.items() if name != "baseline"},
         "weight_push_p50_ms": round(percentile(latencies["default_n5"], 50), 1),
         "weight_push_p95_ms": round(percentile(latencies["default_n5"], 95), 1),
         **{f"weight_push_{name}_p{q}_ms": round(percentile(latencies[name], q), 1) for name in ("1mb", "large_41mb") for q in (50, 95)},
