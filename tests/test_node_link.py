@@ -12,10 +12,20 @@ from node_helpers import ListLogger, constant_model
 from robot_node.keys import generate
 from robot_node.link import ZmqTrainerLink
 from robot_node.link_interface import Transition
-from robot_node.node_link import NoTrainerLink, link_config, make_link
+from robot_node.node_link import LINK_LOGGER, NoTrainerLink, link_config, make_link
 from robot_node.params import ConfigError, NodeParams
 from robot_node.policy import load_policy_file
 from robot_node.spool import Spool
+
+
+@pytest.fixture(autouse=True)
+def restore_link_logging():
+    """make_link forwards the `robot_node` loggers to the node's logger; undo it for later tests."""
+    library = logging.getLogger(LINK_LOGGER)
+    handlers, level = list(library.handlers), library.level
+    yield
+    library.handlers[:] = handlers
+    library.setLevel(level)
 
 
 @pytest.fixture

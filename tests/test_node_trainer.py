@@ -137,6 +137,7 @@ def test_episodes_reach_the_trainer_exactly_once_as_the_node_lived_them(hil):
     wait_until(lambda: hil.status(": link") is not None and server.store.counters["episodes_written"] >= 3, DEADLINE_S, "three episodes at the trainer")
     link = hil.status(": link")
     assert link["connected"] == "true" and link["peer"] == server.endpoint
+    assert "last message" in hil.operator.status(": link").message  # how long the trainer has been quiet
 
     # The camera stops: the node truncates its episode and has nothing more to send.
     hil.stop_camera()
