@@ -180,11 +180,14 @@ def test_episodes_reach_the_trainer_exactly_once_as_the_node_lived_them(hil):
 def test_without_a_trainer_the_node_keeps_commanding_and_spools_until_it_comes_up(hil):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     hil.start_robot(endpoint, constant_model(ACTION, obs=SIM_OBS), "-p", "explore:=false")
-    wait_until(lambda: (e := hil.status(": episode")) and int(e["truncated"]) >= 2, DEADLINE_S, "two episodes without a trainer")
+    wait_until(
+        lambda: (e := hil.status(": episode")) and int(e["truncated"]) >= 2 and int(hil.status(": link")["link_backlog"]) >= 2 * STEPS,
+        DEADLINE_S, "two episodes spooled without a trainer",
+    )
     link = hil.status(": link")
     assert link["connected"] == "false" and link["peer"] == endpoint and "not connected" in hil.operator.status(": link").message
     spooled = int(link["link_backlog"])
-    assert spooled >= 2 * STEPS and int(link["link_acked"]) == 0
+    assert int(link["link_acked"]) == 0 and int(link["link_spooled"]) >= spooled
     commanded = len(hil.operator.commands)
     wait_until(lambda: len(hil.operator.commands) >= commanded + STEPS, DEADLINE_S, "commands to keep coming")
 
