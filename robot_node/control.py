@@ -3,9 +3,12 @@
 Subscriptions only store the newest input (cheap, on arrival); each tick decides. A tick holds
 the arm instead of acting when the e-stop is engaged (until it is released), when the newest
 image or joint state is older than the age limit (STALE), between episodes, and when the policy
-gives NaN/inf (ERROR). Every acted step becomes a transition for the link, handed over without
-blocking. New weights from the link are checked on a background thread and swapped in at the
-start of a tick, so no tick ever waits for a model to load.
+gives NaN/inf (ERROR). Stale, e-stop and error holds are re-sent every tick; between episodes
+the hold is sent once, when the episode ends, and `episode/ready` (the scene is reset) clears
+the last command, so nothing of the old episode (its gripper) is sent into the new one.
+Every acted step becomes a transition for the link, handed over without blocking. New weights
+from the link are checked on a background thread and swapped in at the start of a tick, so no
+tick ever waits for a model to load.
 
 The loop knows nothing of ROS: it publishes through the two callables it is given.
 """
@@ -29,6 +32,7 @@ from robot_node.preprocess import ImageError, check_image, to_policy_input
 from robot_node.ros.messages import Bool, Empty, Float32, Image, JointState, PointStamped
 from robot_node.ros.port import Logger
 from robot_node.safety import NONFINITE, SafetyFilter, SafetyLimits
+from robot_node.throttled_log import ThrottledLog
 
 # What the loop is doing, as shown in /diagnostics.
 INACTIVE, RUNNING, WAITING, STALE, ESTOP, ERROR = "inactive", "running", "waiting", "stale", "e-stop", "error"
@@ -40,24 +44,6 @@ class _Latest:
     value: Any
     arrival: float  # loop clock (monotonic) when it arrived
     stamp: float  # its header stamp, else the wall-clock arrival time
-
-
-class ThrottledLog:
-    """Bad input is logged once per kind per interval, with how many there were since."""
-
-    def __init__(self, logger: Logger, clock: Callable[[], float], interval_s: float = _LOG_INTERVAL_S) -> None:
-        self._logger, self._clock, self._interval = logger, clock, interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: collections.Counter[str] = collections.Counter()
-
-    def warning(self, kind: str, message: str) -> None:
-        now = self._clock()
-        if now - self._last.get(kind, -np.inf) < self._interval:
-            self._suppressed[kind] += 1
-            return
-        more = self._suppressed.pop(kind, 0)
-        self._last[kind] = now
-        self._logger.warning(message + (f" ({more} more since the last report)" if more else ""))
 
 
 class ControlLoop:
@@ -81,7 +67,7 @@ class ControlLoop:
         )
         self.swapper = ModelSwapper(self._load, logger)
         self.rng = np.random.default_rng(None if params.seed < 0 else params.seed)
-        self._log = ThrottledLog(logger, clock)
+        self._log = ThrottledLog(logger, _LOG_INTERVAL_S, clock)
         self.active = False
         self.estop = False
         self.mode, self.mode_detail = INACTIVE, ""
@@ -139,6 +125,9 @@ class ControlLoop:
             self.counters["ready_ignored"] += 1  # nobody asked: a stray or duplicate ready
             return
         self._ready = True
+        # The scene was reset: the last command (the old episode's gripper) no longer describes the
+        # arm, so it must not be re-sent by a hold nor rate-limit the new episode's first action.
+        self.safety.forget()
 
     def on_estop(self, msg: Bool) -> None:
         if msg.data and not self.estop:
@@ -191,13 +180,15 @@ class ControlLoop:
             self._hold(ESTOP if self.estop else STALE, problem)
             return
         if not self.episodes.running:
-            self._hold(WAITING, "waiting for episode/ready")
+            # The hold went out when the episode ended (or the arm was held since): between
+            # episodes the reset procedure owns the arm, and nothing is re-sent into its reset.
+            self._set_mode(WAITING, "waiting for episode/ready")
             return
         observation = self._observation()
         self._submit(self.episodes.observe(observation))
         if not self.episodes.running:  # that step ended it: success or time limit
+            self._hold(WAITING, "episode ended, reset requested")  # before the reset request
             self._advance_reset(now, may_start=False)
-            self._hold(WAITING, "episode ended, reset requested")
             return
         self._act(observation, now)
 

@@ -1,4 +1,5 @@
-"""Thread-safe counters, and refusal of bad input that is counted per reason and logged sparingly.
+"""Thread-safe counters, and refusal of bad input that is counted per reason and logged sparingly
+(through robot_node.throttled_log, which the node and the HIL bridge use too).
 
 Both ends of the link count everything they drop or refuse, so an operator can see from
 /diagnostics or the trainer's log what went wrong and how often, while a flood of bad
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
+
+from robot_node.throttled_log import ThrottledLog
 
 
 class Counters:
@@ -41,23 +43,12 @@ class Refusals:
 
     def __init__(self, counters: Counters, logger: logging.Logger, interval_s: float = 10.0) -> None:
         self._counters = counters
-        self._logger = logger
-        self._interval_s = interval_s
-        self._last_logged: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._log = ThrottledLog(logger, interval_s)
 
     def refuse(self, reason: str, detail: str, n: int = 1) -> None:
         """Count `n` refused items (messages, transitions) for `reason`; log unless logged lately."""
         self._counters.inc("refused." + reason, n)
-        now = time.monotonic()
-        last = self._last_logged.get(reason)
-        if last is not None and now - last < self._interval_s:
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + n
-            return
-        self._last_logged[reason] = now
-        more = self._suppressed.pop(reason, 0)
-        suffix = f" ({more} more refused for this reason since the last report)" if more else ""
-        self._logger.warning("refused (%s): %s%s", reason, detail, suffix)
+        self._log.warning(reason, f"refused ({reason}): {detail}", n)
 
     def total(self) -> int:
         return sum(v for k, v in self._counters.snapshot().items() if k.startswith("refused."))

@@ -69,6 +69,7 @@ def build_statuses(node_name: str, loop: ControlLoop, link: LinkStatus) -> list[
         message=("connected" if link.connected else "disconnected") + (f": {link.detail}" if link.detail else ""),
         values={
             "connected": str(link.connected).lower(),
+            "peer": loop.params.trainer_endpoint or "none",
             "transitions_submitted": str(c["transitions_submitted"]),
             "transitions_dropped": str(c["transitions_dropped"]),
             **{f"link_{k}": str(v) for k, v in link.counters.items()},

@@ -1,54 +1,22 @@
 """Console scripts: `o2o-robot` (any environment) and `policy_node` (`ros2 run o2o_rl policy_node`).
 
 Both start the same node logic. `o2o-robot` picks the adapter: rclpy when it imports (a sourced
-ROS 2 install), else the pip-only DDS adapter; `--adapter` overrides. The choice of trainer link
-is made in one place, `make_link`.
+ROS 2 install), else the pip-only DDS adapter; `--adapter` overrides. Both build the trainer link
+with `robot_node.node_link.make_link`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import signal
 import sys
 from collections.abc import Sequence
 
-from robot_node.link_interface import LinkStatus, PolicyWeights, TrainerLink, Transition
 from robot_node.node import NODE_NAME, PolicyNode
-from robot_node.params import ConfigError, NodeParams
+from robot_node.node_link import make_link
+from robot_node.params import ConfigError
 from robot_node.policy import ModelRejected
-from robot_node.ros.port import Logger
-
-
-class NoTrainerLink:
-    """The link when `trainer_endpoint` is empty: the robot runs its policy, transitions are
-    dropped and counted (visible in /diagnostics), and no new weights ever arrive."""
-
-    def __init__(self) -> None:
-        self.counters = {"dropped_no_trainer": 0}
-
-    def submit(self, transition: Transition) -> bool:
-        self.counters["dropped_no_trainer"] += 1
-        return False
-
-    def latest_weights(self, newer_than: int) -> PolicyWeights | None:
-        return None
-
-    def status(self) -> LinkStatus:
-        return LinkStatus(False, "no trainer_endpoint: transitions are dropped", dict(self.counters))
-
-    def close(self) -> None:
-        pass
-
-
-def make_link(params: NodeParams, logger: Logger) -> TrainerLink:
-    """The one place that decides which trainer link the node uses."""
-    if not params.trainer_endpoint:
-        logger.warning("trainer_endpoint is empty: running without a trainer, transitions are dropped")
-        return NoTrainerLink()
-    raise ConfigError(
-        f"trainer_endpoint={params.trainer_endpoint!r}, but this build has no ZeroMQ link wired into make_link yet"
-    )
+from robot_node.ros.dds_process import dds_port_class, spin_until_signal
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,13 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_dds(args: argparse.Namespace) -> int:
     from robot_node.ros.param_file import ParamError, parse_override
 
-    try:
-        from robot_node.ros.dds import DdsPort  # imported here: rclpy systems need not have cyclonedds
-    except ImportError as exc:
-        print(f"o2o-robot: the DDS adapter is unavailable ({exc}); it needs Python >= 3.11, "
-              "else run under ROS 2 with --adapter rclpy", file=sys.stderr)
+    DdsPort = dds_port_class("o2o-robot")
+    if DdsPort is None:
         return 2
-
     try:
         overrides = dict(parse_override(text) for text in args.overrides)
         port = DdsPort(args.name, namespace=args.namespace, param_file=args.params, overrides=overrides)
@@ -97,16 +61,7 @@ def _run_dds(args: argparse.Namespace) -> int:
     except (ParamError, ConfigError, ModelRejected) as exc:
         print(f"o2o-robot: {exc}", file=sys.stderr)
         return 2
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: port.stop())
-    node.activate()
-    port.logger.info(f"{args.name} running over DDS on domain {port.domain_id}")
-    try:
-        port.spin()
-    finally:
-        node.shutdown()
-        port.shutdown()
-    return 0
+    return spin_until_signal(port, node.activate, node.shutdown)
 
 
 def ros_main(argv: Sequence[str] | None = None) -> int:

@@ -3,8 +3,9 @@
 configure: read parameters, load and check the model, connect the link, create topics.
 activate: start the control timer (the loop then asks for a reset and waits for ready).
 deactivate: end the episode, send one hold command, stop the timer.
-cleanup: release topics, link and model. The rclpy adapter maps these onto a lifecycle node;
-`o2o-robot` runs configure and activate at start and deactivate and cleanup at exit.
+cleanup: release topics, link (its spool stays on disk for the next start) and model. The rclpy
+adapter maps these onto a lifecycle node; `o2o-robot` runs configure and activate at start and
+deactivate and cleanup at exit.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from robot_node.control import ControlLoop
 from robot_node.diagnostics import build_statuses
 from robot_node.link_interface import TrainerLink
 from robot_node.params import PARAM_SPECS, NodeParams
-from robot_node.policy import load_policy_file
+from robot_node.policy import PolicyRunner, load_policy_file
 from robot_node.ros import messages as msg
 from robot_node.ros.port import DEFAULT, LATCHED, Handle, Logger, Port, Qos
 
@@ -23,7 +24,8 @@ NODE_NAME = "policy_node"
 COMMAND_QOS = Qos(reliable=True, depth=1)  # a controller wants the newest command, reliably
 NEWEST_ONLY = Qos(reliable=False, depth=1)  # sensor data of which only the newest sample matters
 
-LinkFactory = Callable[[NodeParams, Logger], TrainerLink]
+# Builds the link from the parameters and the model the node starts with (its specs and version).
+LinkFactory = Callable[[NodeParams, PolicyRunner, Logger], TrainerLink]
 
 
 class PolicyNode:
@@ -47,7 +49,7 @@ class PolicyNode:
             f"{runner.observation_spec.image_shape}, state {list(runner.observation_spec.state_names)}, "
             f"actions {list(runner.action_spec.names)}) from {params.model_path}"
         )
-        link = self.make_link(params, self.port.logger)
+        link = self.make_link(params, runner, self.port.logger)
         command = self.port.create_publisher(msg.Float64MultiArray, params.command_topic, COMMAND_QOS)
         reset = self.port.create_publisher(msg.Empty, params.reset_topic, DEFAULT)
         loop = ControlLoop(

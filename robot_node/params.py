@@ -8,15 +8,19 @@ value for every dimension or one per dimension of the model's action spec.
 
 from __future__ import annotations
 
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
+from robot_node.protocol import CODECS
 from robot_node.ros.port import ParamSpec
 from robot_node.spec import ActionSpec
 
 TRIGGERS = ("timer", "image")
+# A robot id names the robot on the link, in episode ids and as its spool directory.
+ROBOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class ConfigError(ValueError):
@@ -79,7 +83,25 @@ class NodeParams:
     reset_retry_s: float = _p(2.0, "Repeat the reset request this often while waiting for ready.")
     # Trainer link
     trainer_endpoint: str = _p("", "Trainer address (e.g. tcp://trainer:5555); empty runs without a trainer.")
-    robot_id: str = _p("robot", "This robot's name on the link and in episode ids.")
+    robot_id: str = _p("robot", "This robot's name on the link, in episode ids and in its spool directory.")
+    secret_key_file: str = _p(
+        "", "This robot's CURVE key pair (NAME.key_secret from o2o-keys generate); needed with trainer_endpoint unless insecure."
+    )
+    trainer_key_file: str = _p(
+        "", "The trainer's CURVE public key (its NAME.key): the node only talks to the trainer holding the matching secret."
+    )
+    insecure: bool = _p(False, "Run the link without CURVE (no authentication, no encryption): trusted bench networks only; warned at start-up.")
+    spool_dir: str = _p(
+        "~/.ros/o2o_rl/spool", "Transitions wait on disk in <spool_dir>/<robot_id> until the trainer acknowledges them; kept across restarts."
+    )
+    spool_max_mb: float = _p(1024.0, "Spool size bound (MiB); when full the oldest transitions are dropped, counted and warned.")
+    spool_sync: bool = _p(False, "fsync the spool on every write: survives power loss, not only a node restart, at the cost of disk latency.")
+    image_codec: str = _p("png", "How images travel to the trainer: png (lossless), jpeg (lossy, jpeg_quality) or raw.")
+    jpeg_quality: int = _p(90, "JPEG quality 1-100, with image_codec jpeg.")
+    link_heartbeat_s: float = _p(0.5, "Heartbeat period of the trainer link.")
+    link_timeout_s: float = _p(
+        3.0, "Silence after which the trainer counts as lost: diagnostics say disconnected, the link reconnects by itself."
+    )
     # rclpy adapter
     autostart: bool = _p(True, "rclpy: configure and activate at start-up instead of waiting for lifecycle transitions.")
 
@@ -106,6 +128,20 @@ class NodeParams:
             raise ConfigError("workspace_axes, workspace_min and workspace_max take exactly 3 values (x, y, z)")
         if any(lo > hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
             raise ConfigError(f"workspace_min {self.workspace_min} exceeds workspace_max {self.workspace_max}")
+        self._validate_link()
+
+    def _validate_link(self) -> None:
+        if not ROBOT_ID.match(self.robot_id):
+            raise ConfigError(f"robot_id {self.robot_id!r}: use letters, digits, '_', '.', '-' (at most 64, no leading punctuation)")
+        if self.image_codec not in CODECS:
+            raise ConfigError(f"image_codec must be one of {CODECS}, got {self.image_codec!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
+        for name in ("spool_max_mb", "link_heartbeat_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.link_timeout_s > self.link_heartbeat_s:
+            raise ConfigError(f"link_timeout_s ({self.link_timeout_s}) must exceed link_heartbeat_s ({self.link_heartbeat_s})")
 
     @property
     def period_s(self) -> float:

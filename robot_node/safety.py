@@ -87,6 +87,11 @@ class SafetyFilter:
         self.last = action
         return action
 
+    def forget(self) -> None:
+        """The arm was reset by something else: until the next action, hold sends nothing and the
+        rate limit has no reference, as before the first action."""
+        self.last = None
+
     def apply(self, proposed: np.ndarray, ee_position: np.ndarray | None) -> tuple[np.ndarray | None, list[str]]:
         """(action to send, rules that fired). A non-finite proposal turns into hold."""
         if not np.all(np.isfinite(proposed)):

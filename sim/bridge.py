@@ -34,7 +34,6 @@ import argparse
 import collections
 import importlib.util
 import itertools
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,9 +41,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robot_node.control import ThrottledLog
 from robot_node.ros import messages as msg
+from robot_node.ros.dds_process import dds_port_class, spin_until_signal
 from robot_node.ros.port import DEFAULT, SENSOR_DATA, Handle, Port, Qos
+from robot_node.throttled_log import ThrottledLog
 from sim.cli import Parser
 from sim.controller import ControlConfig
 from sim.env import IMAGE_SIZES
@@ -64,6 +64,7 @@ CAMERA_FRAME = "scene_camera"
 BASE_FRAME = "base_link"  # the arm's base: x forward, y left, z up (the simulator's world frame)
 COMMAND_QOS = Qos(reliable=True, depth=1)  # only the newest command matters, as for the node
 GRIPPER_OPEN = -1.0
+LOG_INTERVAL_S = 5.0  # bad commands are logged once per kind per interval (wall clock)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class SimBridge:
         self.period_s = self.robot.config.control_period_s / config.speed  # wall clock
         self.command_timeout_s = config.command_timeout_s / config.speed
         self.counters: collections.Counter[str] = collections.Counter()
-        self._log = ThrottledLog(port.logger, clock)
+        self._log = ThrottledLog(port.logger, LOG_INTERVAL_S, clock)
         self._seeds = itertools.count(config.seed)
         self._joint_dofs = np.array([self.robot.model.joint(n).dofadr[0] for n in STATE_JOINTS])
         self._command: tuple[np.ndarray, float] | None = None  # (normalised action, arrival)
@@ -153,6 +154,8 @@ class SimBridge:
         )
 
     def close(self) -> None:
+        """The last status line, then release the topics and the renderer."""
+        self.log_status()
         for handle in self._handles:
             handle.destroy()
         self._handles = []
@@ -303,26 +306,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_dds(config: BridgeConfig, namespace: str, ros_args: list[str]) -> int:
-    try:
-        from robot_node.ros.dds import DdsPort  # imported here: rclpy systems need not have cyclonedds
-    except ImportError as exc:
-        print(f"{NODE_NAME}: the DDS adapter is unavailable ({exc}); it needs Python >= 3.11, else use --adapter rclpy", file=sys.stderr)
+    DdsPort = dds_port_class(NODE_NAME)
+    if DdsPort is None:
         return 2
     port = DdsPort(NODE_NAME, namespace=namespace)
     if ros_args:
         port.logger.warning(f"ignoring ROS arguments {ros_args}: they need the rclpy adapter")
     bridge = SimBridge(port, config)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: port.stop())
-    bridge.start()
-    port.logger.info(f"{NODE_NAME} running over DDS on domain {port.domain_id}")
-    try:
-        port.spin()
-    finally:
-        bridge.log_status()
-        bridge.close()
-        port.shutdown()
-    return 0
+    return spin_until_signal(port, bridge.start, bridge.close)
 
 
 def _run_rclpy(config: BridgeConfig, namespace: str, ros_args: list[str]) -> int:
@@ -343,7 +334,6 @@ def _run_rclpy(config: BridgeConfig, namespace: str, ros_args: list[str]) -> int
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        bridge.log_status()
         bridge.close()
         node.destroy_node()
         rclpy.try_shutdown()

@@ -34,7 +34,11 @@ def test_policy_node_runs_episodes_on_the_simulated_arm(tmp_path, monkeypatch):
     node = start("o2o-robot", node_args, domain, logs[1])
     try:
         wait_until(lambda: running(bridge, node) and len(operator.readies) >= 3, 90, "three episodes to start")
-        episodes = wait_until(lambda: (s := operator.status(": episode")) and int(s.values["truncated"]) >= 2 and s, 20, "two episodes in /diagnostics")
+        # One snapshot with both: an episode ends one bridge period (20 ms) before the next starts.
+        episodes = wait_until(
+            lambda: (s := operator.status(": episode")) and int(s.values["truncated"]) >= 2 and int(s.values["episodes"]) >= 3 and s,
+            20, "three episodes, two ended, in /diagnostics",
+        )
         control = wait_until(lambda: operator.status(": control"), 5, "control diagnostics")
     finally:
         operator.close()
@@ -54,4 +58,4 @@ def test_policy_node_runs_episodes_on_the_simulated_arm(tmp_path, monkeypatch):
     assert returns >= 2, f"the hand went out and came home {returns} times"
     assert min(p[2] for p in operator.ee) < HOME[2] - 0.1
     # Episodes end at the time limit (truncated), never as terminal.
-    assert episodes.values["terminal"] == "0" and int(episodes.values["episodes"]) >= 3
+    assert episodes.values["terminal"] == "0"

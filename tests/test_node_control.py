@@ -26,6 +26,7 @@ class Rig:
         self.logger = ListLogger()
         self.now = 100.0
         self.commands, self.resets = [], 0
+        self.commands_at_reset = []  # how many commands had gone out at each reset request
         self.loop = ControlLoop(
             self.params, load_policy_file(path), self.link, self.logger,
             publish_command=self.commands.append, request_reset=self._reset, clock=lambda: self.now,
@@ -34,6 +35,7 @@ class Rig:
 
     def _reset(self):
         self.resets += 1
+        self.commands_at_reset.append(len(self.commands))
 
     def feed(self, pixel=100, joints=(("joint_b", 0.2), ("joint_a", 0.1))):
         self.loop.on_joint_state(JointState([n for n, _ in joints], [v for _, v in joints]))
@@ -134,6 +136,32 @@ def test_time_limit_truncates_with_the_final_observation(tmp_path):
     rig.step()
     rig.step()
     assert rig.loop.episodes.episode_id != first_id and rig.link.drain()[0].step == 0
+
+
+def test_between_episodes_the_hold_goes_out_once_and_ready_clears_the_old_gripper(tmp_path):
+    """A hold sent after the scene was reset would carry the old episode's gripper into the new
+    one. The node holds once when the episode ends, before asking for the reset, re-sends
+    nothing while the reset runs, and forgets its last command when ready arrives."""
+    rig = Rig(tmp_path, max_episode_steps=2)
+    rig.start_episode()
+    rig.step()
+    rig.step()  # the time limit ends the episode
+    assert rig.loop.mode == WAITING
+    assert rig.commands[-1] == pytest.approx([0.0, 0.0, 0.0, 0.5])  # motion stops, the grip is kept
+    assert rig.commands_at_reset[-1] == len(rig.commands)  # the hold went out before the reset request
+    sent = len(rig.commands)
+    for _ in range(3):
+        rig.step()
+    assert len(rig.commands) == sent  # nothing re-sent into the reset
+    for _ in range(3):
+        rig.step(pixel=None)  # the camera stalls: stale holds are re-sent every tick
+    assert rig.loop.mode == STALE and len(rig.commands) > sent
+    sent = len(rig.commands)
+    rig.loop.on_ready(Empty())  # the scene is reset while the camera is still stalled
+    rig.step(pixel=None)
+    assert rig.loop.mode == STALE and len(rig.commands) == sent  # no hold of the old gripper any more
+    rig.step()
+    assert rig.loop.mode == RUNNING and rig.commands[-1] == pytest.approx(TARGET, abs=1e-6)
 
 
 def test_success_ends_the_episode_as_terminal_with_the_summed_reward(tmp_path):

@@ -50,7 +50,7 @@ def world(tmp_path, monkeypatch):
 def in_process_node(link, **overrides):
     """The node logic on the real DDS adapter in this process, spinning in the background."""
     port = DdsPort("policy_node", param_file="config/robot.yaml", overrides={"diagnostics_rate_hz": 5.0, **overrides})
-    node = PolicyNode(port, lambda params, logger: link)
+    node = PolicyNode(port, lambda params, model, logger: link)
     try:
         node.configure()
         node.activate()

@@ -169,6 +169,7 @@ def run_cli(*args):
         (["-p", "model_pth:=x.onnx"], "unknown parameter 'model_pth'"),
         (["-p", "control_rate_hz:=fast"], "control_rate_hz expects float"),
         (["--params", "missing.yaml"], "cannot read parameter file missing.yaml"),
+        (["-p", "model_path:=x.onnx", "-p", "image_codec:=webp"], "image_codec must be one of"),
     ],
 )
 def test_cli_errors_are_one_line_and_exit_nonzero(args, problem):
@@ -178,8 +179,14 @@ def test_cli_errors_are_one_line_and_exit_nonzero(args, problem):
     assert len(lines) == 1 and problem in lines[0] and "Traceback" not in result.stderr
 
 
-def test_cli_refuses_a_trainer_endpoint_until_a_link_is_wired(tmp_path):
+def test_cli_refuses_a_missing_key_file_in_one_line(tmp_path):
     model = tmp_path / "policy.onnx"
     model.write_bytes(constant_model([0.0] * 4))
-    result = run_cli("--adapter", "dds", "-p", f"model_path:={model}", "-p", "trainer_endpoint:=tcp://127.0.0.1:5555")
-    assert result.returncode == 2 and "trainer_endpoint" in result.stderr
+    result = run_cli(
+        "--adapter", "dds", "-p", f"model_path:={model}", "-p", "trainer_endpoint:=tcp://127.0.0.1:5555",
+        "-p", f"secret_key_file:={tmp_path}/arm1.key_secret", "-p", f"trainer_key_file:={tmp_path}/trainer.key",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("o2o-robot:")]
+    assert errors == [f"o2o-robot: secret_key_file {tmp_path}/arm1.key_secret: no such key file "
+                      "(create one with `o2o-keys generate NAME --out DIR`)"]

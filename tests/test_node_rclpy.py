@@ -47,7 +47,7 @@ def make_node(ros, tmp_path, **params):
     model.write_bytes(constant_model(TARGET))
     values = {"model_path": str(model), "explore": False, "require_ready": False, **params}
     overrides = [Parameter(name, value=value) for name, value in values.items()]
-    return PolicyLifecycleNode(lambda p, logger: InProcessLink(), parameter_overrides=overrides)
+    return PolicyLifecycleNode(lambda p, model, logger: InProcessLink(), parameter_overrides=overrides)
 
 
 def test_lifecycle_node_commands_when_active_and_holds_on_deactivate(ros, tmp_path):

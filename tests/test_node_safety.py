@@ -40,6 +40,17 @@ def test_rate_limit_bounds_the_change_per_tick():
     np.testing.assert_allclose(third, [0.5, -0.5, 0.1, 0.0], atol=1e-7)
 
 
+def test_after_forget_hold_sends_nothing_and_the_next_action_is_not_rate_limited():
+    safety = make_filter(max_action_change=[0.25])
+    safety.apply(np.array([0.0, 0.0, 0.0, 0.0]), None)
+    safety.apply(np.array([0.0, 0.0, 0.0, 0.25]), None)  # the gripper closing
+    safety.forget()  # the scene was reset: the gripper the node last sent is gone
+    assert safety.hold() is None
+    action, events = safety.apply(np.array([0.0, 0.0, 0.0, -1.0]), None)
+    np.testing.assert_allclose(action, [0.0, 0.0, 0.0, -1.0], atol=1e-7)
+    assert events == []
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_output_holds(bad):
     safety = make_filter()
