@@ -1,7 +1,8 @@
 """Robot node latency: image in -> command out through real DDS, and onnxruntime vs torch.
 
-For each policy (N = 1 or 5 ensemble members, 64x64 or 128x128 images; the DrQ-v2-style pixel
-ensemble of tests/node_helpers.py, realistic size) an `o2o-robot` subprocess runs with
+For each policy (N = 1 or 5 ensemble members, 64x64 or 128x128 images; the trainer's default
+pixel ensemble, exported by trainer/export.py exactly as the robot receives it, with the
+simulator's joint names as state) an `o2o-robot` subprocess runs with
 trigger=image. This process publishes a joint state and an image, and times until the command
 computed from that image arrives: DDS both ways, deserialisation, preprocessing, ONNX
 inference, safety, serialisation. One image at a time, at a camera-like pace.
@@ -25,34 +26,32 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# bench/sim.py is named like the simulator package: keep this directory off the import path.
+if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
+    sys.path.pop(0)
 sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402  (torch only here, never in robot_node)
-from node_helpers import (  # noqa: E402
-    ACT,
-    PixelEnsemblePolicy,
-    dds_env,
-    export_policy,
-    image_msg,
-    start_robot,
-    stop,
-    unique_domain_id,
-)
+from node_helpers import dds_env, image_msg, start_robot, stop, unique_domain_id  # noqa: E402
 
 from robot_node.policy import load_policy_file, probe_image  # noqa: E402
 from robot_node.ros import messages as m  # noqa: E402
 from robot_node.ros import port  # noqa: E402
-from robot_node.spec import ObservationSpec  # noqa: E402
+from robot_node.spec import ActionSpec, ObservationSpec  # noqa: E402
+from sim.robot import STATE_JOINTS as JOINTS  # noqa: E402
+from trainer.agent import EnsembleAgent  # noqa: E402
+from trainer.export import PolicyGraph, export_onnx  # noqa: E402
+from trainer.networks import NetworkConfig  # noqa: E402
 
-JOINTS = tuple(f"joint_{i}" for i in range(7))
 CONFIGS = [(5, 64), (5, 128), (1, 64), (1, 128)]
 
 
-def make_policy(members: int, size: int) -> tuple[PixelEnsemblePolicy, bytes, ObservationSpec]:
+def make_policy(members: int, size: int) -> tuple[PolicyGraph, bytes, ObservationSpec]:
+    """The trainer's default ensemble (untrained weights: latency does not depend on them)."""
     torch.manual_seed(0)
     obs = ObservationSpec((size, size, 3), JOINTS)
-    policy = PixelEnsemblePolicy(obs, ACT, members=members).eval()
-    return policy, export_policy(policy, obs, ACT, ensemble_size=members), obs
+    agent = EnsembleAgent(obs, ActionSpec(), NetworkConfig(ensemble_size=members))
+    return PolicyGraph(agent).eval(), export_onnx(agent, version=1, train_step=0), obs
 
 
 def measure_latency(members: int, size: int, samples: int, workdir: Path) -> np.ndarray:
