@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ from robot_node.node_link import make_link
 from robot_node.params import ConfigError
 from robot_node.policy import ModelRejected
 from robot_node.ros.dds_process import dds_port_class, spin_until_signal
+from robot_node.ros.port import absolute_namespace
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--adapter", choices=("auto", "dds", "rclpy"), default="auto")
     parser.add_argument("--name", default=NODE_NAME, help="node name (parameter file section)")
-    parser.add_argument("--namespace", default="/", help="ROS namespace for relative topic names")
+    parser.add_argument("--namespace", default="/", type=absolute_namespace, help="ROS namespace for relative topic names")
     return parser
 
 
@@ -39,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if adapter == "auto":
         adapter = "rclpy" if importlib.util.find_spec("rclpy") is not None else "dds"
     if adapter == "rclpy":
+        if args.params and not os.path.isfile(args.params):  # rcl would end with a traceback
+            print(f"o2o-robot: cannot read parameter file {args.params}", file=sys.stderr)
+            return 2
         ros_args = ["--ros-args", "-r", f"__node:={args.name}", "-r", f"__ns:={args.namespace}"]
         ros_args += ["--params-file", args.params] if args.params else []
         for override in args.overrides:

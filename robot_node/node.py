@@ -11,6 +11,7 @@ deactivate and cleanup at exit.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from robot_node.control import ControlLoop
 from robot_node.diagnostics import build_statuses
@@ -23,6 +24,7 @@ from robot_node.ros.port import DEFAULT, LATCHED, Handle, Logger, Port, Qos
 NODE_NAME = "policy_node"
 COMMAND_QOS = Qos(reliable=True, depth=1)  # a controller wants the newest command, reliably
 NEWEST_ONLY = Qos(reliable=False, depth=1)  # sensor data of which only the newest sample matters
+H = TypeVar("H", bound=Handle)
 
 # Builds the link from the parameters and the model the node starts with (its specs and version).
 LinkFactory = Callable[[NodeParams, PolicyRunner, Logger], TrainerLink]
@@ -49,9 +51,20 @@ class PolicyNode:
             f"{runner.observation_spec.image_shape}, state {list(runner.observation_spec.state_names)}, "
             f"actions {list(runner.action_spec.names)}) from {params.model_path}"
         )
-        link = self.make_link(params, runner, self.port.logger)
-        command = self.port.create_publisher(msg.Float64MultiArray, params.command_topic, COMMAND_QOS)
-        reset = self.port.create_publisher(msg.Empty, params.reset_topic, DEFAULT)
+        self.link = self.make_link(params, runner, self.port.logger)
+        try:
+            self.loop = self._connect(params, runner, self.link)
+        except Exception:  # e.g. a topic name the middleware refuses: release what exists, then say why
+            self.cleanup()
+            raise
+        self.params = params
+
+    def _connect(self, params: NodeParams, runner: PolicyRunner, link: TrainerLink) -> ControlLoop:
+        """The control loop and its topics; each entity joins `_handles` as soon as it exists."""
+        publish, subscribe = self.port.create_publisher, self.port.create_subscription
+        command = self._keep(publish(msg.Float64MultiArray, params.command_topic, COMMAND_QOS))
+        reset = self._keep(publish(msg.Empty, params.reset_topic, DEFAULT))
+        diagnostics = self._keep(publish(msg.DiagnosticArray, params.diagnostics_topic, DEFAULT))
         loop = ControlLoop(
             params,
             runner,
@@ -60,24 +73,19 @@ class PolicyNode:
             publish_command=lambda values: command.publish(msg.Float64MultiArray(values)),
             request_reset=lambda: reset.publish(msg.Empty()),
         )
-        diagnostics = self.port.create_publisher(msg.DiagnosticArray, params.diagnostics_topic, DEFAULT)
-        subscribe = self.port.create_subscription
-        self._handles = [
-            command,
-            reset,
-            diagnostics,
-            subscribe(msg.Bool, params.estop_topic, LATCHED, loop.on_estop),
-            subscribe(msg.JointState, params.joint_state_topic, NEWEST_ONLY, loop.on_joint_state),
-            subscribe(msg.PointStamped, params.ee_position_topic, NEWEST_ONLY, loop.on_ee_position),
-            subscribe(msg.Float32, params.reward_topic, DEFAULT, loop.on_reward),
-            subscribe(msg.Empty, params.ready_topic, DEFAULT, loop.on_ready),
-            # Last, so that inputs arriving together are stored before an image-triggered tick.
-            subscribe(msg.Image, params.image_topic, NEWEST_ONLY, loop.on_image),
-            self.port.create_timer(
-                1.0 / params.diagnostics_rate_hz, lambda: diagnostics.publish(self.diagnostics())
-            ),
-        ]
-        self.params, self.loop, self.link = params, loop, link
+        self._keep(subscribe(msg.Bool, params.estop_topic, LATCHED, loop.on_estop))
+        self._keep(subscribe(msg.JointState, params.joint_state_topic, NEWEST_ONLY, loop.on_joint_state))
+        self._keep(subscribe(msg.PointStamped, params.ee_position_topic, NEWEST_ONLY, loop.on_ee_position))
+        self._keep(subscribe(msg.Float32, params.reward_topic, DEFAULT, loop.on_reward))
+        self._keep(subscribe(msg.Empty, params.ready_topic, DEFAULT, loop.on_ready))
+        # Last, so that inputs arriving together are stored before an image-triggered tick.
+        self._keep(subscribe(msg.Image, params.image_topic, NEWEST_ONLY, loop.on_image))
+        self._keep(self.port.create_timer(1.0 / params.diagnostics_rate_hz, lambda: diagnostics.publish(self.diagnostics())))
+        return loop
+
+    def _keep(self, handle: H) -> H:
+        self._handles.append(handle)
+        return handle
 
     def activate(self) -> None:
         self.loop.activate()

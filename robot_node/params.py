@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from robot_node.protocol import CODECS
-from robot_node.ros.port import ParamSpec
+from robot_node.ros.port import TOPIC_NAME, ParamSpec
 from robot_node.spec import ActionSpec
 
 TRIGGERS = ("timer", "image")
@@ -120,6 +120,12 @@ class NodeParams:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_image_age_s < 0:
             raise ConfigError(f"max_image_age_s must be >= 0, got {self.max_image_age_s}")
+        for name in (f.name for f in fields(self) if f.name.endswith("_topic")):
+            if not TOPIC_NAME.fullmatch(getattr(self, name)):
+                raise ConfigError(
+                    f"{name} {getattr(self, name)!r} is not a ROS topic name: letters, digits and '_' "
+                    "in tokens that do not start with a digit, joined by single '/' (no '~' or '{}')"
+                )
         if self.trigger not in TRIGGERS:
             raise ConfigError(f"trigger must be one of {TRIGGERS}, got {self.trigger!r}")
         if self.max_episode_steps < 1 or self.inference_threads < 1:

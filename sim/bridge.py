@@ -43,7 +43,7 @@ import numpy as np
 
 from robot_node.ros import messages as msg
 from robot_node.ros.dds_process import dds_port_class, spin_until_signal
-from robot_node.ros.port import DEFAULT, SENSOR_DATA, Handle, Port, Qos
+from robot_node.ros.port import DEFAULT, SENSOR_DATA, Handle, Port, Qos, absolute_namespace
 from robot_node.throttled_log import ThrottledLog
 from sim.cli import Parser
 from sim.controller import ControlConfig
@@ -281,7 +281,7 @@ def build_parser() -> Parser:
         help="simulated seconds after which a command is stale and the arm holds (default 0.15)",
     )
     parser.add_argument("--adapter", choices=("auto", "dds", "rclpy"), default="auto", help="auto: rclpy when it imports")
-    parser.add_argument("--namespace", default="/", help="ROS namespace of the bridge's topics")
+    parser.add_argument("--namespace", default="/", type=absolute_namespace, help="ROS namespace of the bridge's topics")
     return parser
 
 
@@ -318,25 +318,17 @@ def _run_dds(config: BridgeConfig, namespace: str, ros_args: list[str]) -> int:
 
 def _run_rclpy(config: BridgeConfig, namespace: str, ros_args: list[str]) -> int:
     try:
-        import rclpy
-        from rclpy.executors import ExternalShutdownException
+        from rclpy.node import Node
 
-        from robot_node.ros.rclpy_node import RclpyPort
+        from robot_node.ros.rclpy_node import RclpyPort, init_rclpy, spin_until_signal
     except ImportError as exc:
         print(f"{NODE_NAME}: the rclpy adapter is unavailable ({exc}); source a ROS 2 install or use --adapter dds", file=sys.stderr)
         return 2
-    rclpy.init(args=[NODE_NAME, *ros_args])
-    node = rclpy.create_node(NODE_NAME, namespace=None if namespace == "/" else namespace)
+    stop = init_rclpy([NODE_NAME, *ros_args])
+    node = Node(NODE_NAME, namespace=namespace)
     bridge = SimBridge(RclpyPort(node), config)
     bridge.start()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        bridge.close()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_until_signal(node, stop, bridge.close)
     return 0
 
 

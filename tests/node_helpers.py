@@ -185,6 +185,11 @@ def unique_domain_id() -> int:
     return 1 + (os.getpid() * 13 + next(_domains)) % 230
 
 
+def ros_domain_id() -> int:
+    """A distinct domain in 1..100, the range the ROS docs call safe for rclpy's middlewares on Linux."""
+    return 1 + unique_domain_id() % 100
+
+
 def dds_env(domain_id: int) -> dict[str, str]:
     return {"CYCLONEDDS_URI": CYCLONE_LOOPBACK, "ROS_DOMAIN_ID": str(domain_id)}
 

@@ -112,3 +112,33 @@ def test_a_latched_estop_reaches_a_node_that_starts_later(world):
         assert not any(close(c, TARGET) for _, c in robot.commands)
         robot.estop.publish(Bool(False))
         wait_until(lambda: any(close(c, TARGET) for _, c in robot.commands), 10, "commands after release")
+
+
+def test_a_configure_that_fails_half_way_leaves_nothing_behind(world):
+    """A middleware that refuses an entity once the link is up (rclpy raises for what it cannot
+    create): the link is closed and the topics are gone, so the node can be configured again."""
+    model, _, _ = world
+    closed = []
+
+    class Link(InProcessLink):
+        def close(self) -> None:
+            closed.append(True)
+
+    def refuse(*args):
+        raise RuntimeError("refused by the middleware")
+
+    port = DdsPort("policy_node", param_file="config/robot.yaml", overrides={"model_path": str(model)})
+    node = PolicyNode(port, lambda params, runner, logger: Link())
+    try:
+        port.create_timer = refuse  # the diagnostics timer, the last entity configure creates
+        with pytest.raises(RuntimeError, match="refused by the middleware"):
+            node.configure()
+        assert closed == [True] and node.link is None and node.loop is None
+        assert not port._publishers and not port._subscriptions
+        del port.create_timer
+        node.configure()
+        assert node.loop is not None and len(port._publishers) == 3
+        node.shutdown()
+        assert closed == [True, True]
+    finally:
+        port.shutdown()

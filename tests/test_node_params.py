@@ -1,6 +1,7 @@
 """Parameters without ROS (ros__parameters files, -p overrides, type checks), the launch files
 (parsed without ROS), and the o2o-robot command line's errors."""
 
+import ast
 import importlib.metadata
 import re
 import subprocess
@@ -13,21 +14,25 @@ from node_helpers import ROOT, constant_model
 
 from robot_node.params import PARAM_SPECS, ConfigError, NodeParams
 from robot_node.ros.param_file import ParamError, coerce, load_param_file, parse_override, resolve_parameters
-from robot_node.ros.port import ParamSpec, resolve_topic
+from robot_node.ros.port import ParamSpec, absolute_namespace, resolve_topic
 
 DECLARED = {spec.name for spec in PARAM_SPECS}
 
 
-def test_param_file_sections_for_this_node_are_merged_in_order(tmp_path):
+def test_param_file_sections_apply_as_rclpy_matches_them(tmp_path):
+    """`/**`, then the node's fully qualified name; a key without a leading slash is absolute, so a
+    bare `policy_node:` does not reach a node in a namespace (rclpy's rule, the DDS adapter's too)."""
     path = tmp_path / "params.yaml"
     path.write_text(
         "/**:\n  ros__parameters: {control_rate_hz: 5.0, explore: false}\n"
         "policy_node:\n  ros__parameters: {control_rate_hz: 20.0}\n"
-        "/arm/policy_node:\n  ros__parameters:\n    workspace: {enabled: true}\n"
+        "arm/policy_node:\n  ros__parameters:\n    workspace: {enabled: true}\n"
         "other_node:\n  ros__parameters: {control_rate_hz: 1.0}\n"
     )
-    values = load_param_file(path, "policy_node", "/arm")
-    assert values == {"control_rate_hz": 20.0, "explore": False, "workspace.enabled": True}
+    assert load_param_file(path, "policy_node", "/arm") == {
+        "control_rate_hz": 5.0, "explore": False, "workspace.enabled": True
+    }
+    assert load_param_file(path, "policy_node") == {"control_rate_hz": 20.0, "explore": False}
 
 
 @pytest.mark.parametrize(
@@ -81,6 +86,11 @@ def test_unknown_parameter_names_are_refused():
         ({"trigger": "sometimes"}, "trigger must be one of"),
         ({"workspace_min": [0.0, 0.0]}, "exactly 3 values"),
         ({"workspace_min": [1.0, 0.0, 0.0]}, "exceeds workspace_max"),
+        ({"image_topic": "camera image"}, "image_topic 'camera image' is not a ROS topic name"),
+        ({"command_topic": "forward_controller/commands/"}, "command_topic .* is not a ROS topic name"),
+        ({"estop_topic": "safety//estop"}, "estop_topic .* is not a ROS topic name"),
+        ({"reward_topic": "2nd/reward"}, "reward_topic .* is not a ROS topic name"),
+        ({"ready_topic": "~/ready"}, "ready_topic .* is not a ROS topic name"),
     ],
 )
 def test_node_parameters_are_validated(overrides, problem):
@@ -98,8 +108,23 @@ def test_topic_names_resolve_like_rcl():
     assert resolve_topic("camera/image_raw") == "/camera/image_raw"
     assert resolve_topic("camera/image_raw", "/arm") == "/arm/camera/image_raw"
     assert resolve_topic("/diagnostics", "/arm") == "/diagnostics"
-    with pytest.raises(ValueError):
-        resolve_topic("~/private")
+    for invalid in ("~/private", "a//b", "a/", "", "1a", "a b"):
+        with pytest.raises(ValueError):
+            resolve_topic(invalid)
+
+
+def test_namespaces_are_made_absolute_as_rcl_requires():
+    assert [absolute_namespace(ns) for ns in ("/", "arm1", "/arm1/", "/site/arm1")] == ["/", "/arm1", "/arm1", "/site/arm1"]
+
+
+def test_every_parameter_default_has_a_type_rclpy_infers():
+    """rclpy types a declared parameter by its default (no dynamic typing): an empty list would be
+    declared as a byte array and a mixed one refused, so lists are non-empty and of one type."""
+    for spec in PARAM_SPECS:
+        if isinstance(spec.default, list):
+            assert spec.default and {type(v) for v in spec.default} in ({float}, {str}), spec.name
+        else:
+            assert type(spec.default) in (bool, int, float, str), spec.name
 
 
 # --- config and launch files ----------------------------------------------------------------
@@ -146,11 +171,29 @@ def test_launch_files_run_installed_scripts_with_existing_files_and_declared_par
                 file = Path(_substitute(param.get("from"), args))
                 assert file.is_file(), f"{path.name}: parameter file {file} does not exist"
                 section = node.get("name") or "/**"
-                assert set(load_param_file(file, section)) <= DECLARED
+                values = load_param_file(file, section)
+                assert values and set(values) <= DECLARED
+                # The launch files take a `namespace` argument: the file must reach the node in any.
+                assert load_param_file(file, section, "/some/namespace") == values
             else:
                 assert param.get("name") in DECLARED, f"{path.name} sets undeclared {param.get('name')}"
         used = set(re.findall(r"\$\(var (\w+)\)", ET.tostring(node, encoding="unicode")))
         assert used <= set(args), f"{path.name} uses undeclared launch arguments {used - set(args)}"
+
+
+def test_package_xml_declares_every_ros_package_the_rclpy_side_uses():
+    """rosdep installs the exec_depends: a ROS package the rclpy adapter imports, a message package
+    it sends or receives, or what `ros2 launch` needs for XML files, must be among them."""
+    exec_depends = {e.text for e in ET.parse(ROOT / "package.xml").getroot().findall("exec_depend")}
+    messages = set(re.findall(r'"(\w+)/msg/\w+"', (ROOT / "robot_node" / "ros" / "messages.py").read_text()))
+    tree = ast.parse((ROOT / "robot_node" / "ros" / "rclpy_node.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    ros_packages = imported - set(sys.stdlib_module_names) - {"robot_node"}
+    assert {"rclpy", "rcl_interfaces"} <= ros_packages
+    assert {"sensor_msgs", "std_msgs", "builtin_interfaces", "diagnostic_msgs", "geometry_msgs"} <= messages
+    missing = (messages | ros_packages | {"launch_ros", "launch_xml", "ros2launch"}) - exec_depends
+    assert not missing, f"package.xml lacks exec_depend {sorted(missing)}"
 
 
 # --- o2o-robot command line -----------------------------------------------------------------
@@ -177,6 +220,13 @@ def test_cli_errors_are_one_line_and_exit_nonzero(args, problem):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and problem in lines[0] and "Traceback" not in result.stderr
+
+
+def test_cli_on_rclpy_refuses_a_missing_parameter_file_in_one_line():
+    """Checked before rclpy starts (rcl would end with a traceback), so it holds without ROS too."""
+    result = run_cli("--adapter", "rclpy", "--params", "missing.yaml")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "o2o-robot: cannot read parameter file missing.yaml"
 
 
 def test_cli_refuses_a_missing_key_file_in_one_line(tmp_path):

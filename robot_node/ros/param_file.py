@@ -20,9 +20,10 @@ class ParamError(ValueError):
 
 
 def node_section_names(node_name: str, namespace: str = "/") -> tuple[str, ...]:
-    """The keys of a parameter file that apply to this node, most general first."""
-    full = "/".join((namespace.rstrip("/"), node_name))
-    return ("/**", node_name, full.lstrip("/"), full)
+    """The keys of a parameter file that apply to this node, most general first: `/**` and the
+    node's fully qualified name, exactly what rclpy matches. A key without a leading slash is
+    taken as absolute, so `policy_node:` applies only to a node in the root namespace."""
+    return ("/**", "/".join((namespace.rstrip("/"), node_name)))
 
 
 def load_param_file(path: str | Path, node_name: str, namespace: str = "/") -> dict[str, Any]:
@@ -36,14 +37,15 @@ def load_param_file(path: str | Path, node_name: str, namespace: str = "/") -> d
         raise ParamError(f"parameter file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ParamError(f"parameter file {path} must map node names to ros__parameters")
+    sections: dict[str, list[Any]] = {}
+    for key, section in data.items():
+        sections.setdefault("/" + str(key).lstrip("/"), []).append(section)
     values: dict[str, Any] = {}
-    for section in node_section_names(node_name, namespace):
-        node = data.get(section)
-        if node is None:
-            continue
-        if not isinstance(node, dict) or not isinstance(node.get("ros__parameters"), dict):
-            raise ParamError(f"parameter file {path}: section {section!r} has no ros__parameters mapping")
-        values.update(_flatten(node["ros__parameters"]))
+    for name in node_section_names(node_name, namespace):
+        for section in sections.get(name, []):
+            if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
+                raise ParamError(f"parameter file {path}: section {name!r} has no ros__parameters mapping")
+            values.update(_flatten(section["ros__parameters"]))
     return values
 
 

@@ -7,6 +7,7 @@ same node runs under `ros2 launch` and in a plain virtualenv.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -77,10 +78,21 @@ class Port(Protocol):
     def create_timer(self, period_s: float, callback: Callable[[], None]) -> Handle: ...
 
 
+def absolute_namespace(namespace: str) -> str:
+    """The namespace as rcl wants it: 'arm1', '/arm1/' and '/arm1' all mean '/arm1'."""
+    return "/" + namespace.strip("/")
+
+
+# rcl's topic name rules without `~` (private names) and `{}` substitutions, which the DDS
+# adapter cannot resolve: tokens of letters, digits and '_' not starting with a digit, joined
+# by single slashes, optionally absolute, no trailing slash.
+TOPIC_NAME = re.compile(r"/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
+
+
 def resolve_topic(name: str, namespace: str = "/") -> str:
-    """The fully qualified ROS name of a topic, as rcl resolves it (no `~`, no remaps)."""
-    if not name or name.startswith("~") or "//" in name:
+    """The fully qualified ROS name of a topic, as rcl resolves it (no remaps)."""
+    if not TOPIC_NAME.fullmatch(name):
         raise ValueError(f"invalid topic name {name!r}")
     if name.startswith("/"):
-        return name.rstrip("/")
-    return "/".join((namespace.rstrip("/"), name.rstrip("/")))
+        return name
+    return "/".join((namespace.rstrip("/"), name))
