@@ -7,6 +7,7 @@ from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
 
 from robot_node.spec import ActionSpec, ObservationSpec
 from trainer.agent import EnsembleAgent
+from trainer.config import FinetuneConfig, PretrainConfig
 from trainer.cql import CQLConfig
 from trainer.networks import NetworkConfig
 from trainer.sac import Batch, EnsembleSAC, SACConfig
@@ -61,3 +62,27 @@ def test_lagrange_variant_tunes_its_multiplier():
     assert metrics[0]["cql/multiplier"] == pytest.approx(1.0, abs=0.02)
     assert metrics[-1]["cql/multiplier"] != pytest.approx(1.0, abs=0.05)
     assert sac.log_cql_multiplier is not None and "log_cql_multiplier" in sac.state_dict()
+
+
+def td_target_with_zero_target_critic(config: SACConfig) -> float:
+    """The mean TD target of one update where the target critic answers 0 for every action,
+    so the target is r + discount * (0 - α log π) with the soft backup and r without it."""
+    torch.manual_seed(0)
+    agent = EnsembleAgent(OBS, ActionSpec(), NET)
+    last = agent.critic_target.heads.layers[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    sac = EnsembleSAC(agent, config, policy="members", cql=CQLConfig(), train_encoder=False)
+    features = torch.randn(1, 64, agent.feature_dim)
+    no_state = torch.zeros(1, 64, 0)
+    reward, discount = torch.ones(1, 64), torch.full((1, 64), 0.99)
+    batch = Batch(features, no_state, torch.zeros(1, 64, 4), reward, discount, features, no_state)
+    return sac.update(batch)["q_target"]
+
+
+def test_pretraining_backs_up_no_entropy_as_the_cql_reference_does():
+    """With a sparse 0/1 reward the soft target's -α log π, summed over the horizon, outweighs
+    the reward and drove pretrained Q-values negative; the CQL reference's deterministic
+    backup leaves it out, and online fine-tuning (SAC, as the paper) keeps it."""
+    assert td_target_with_zero_target_critic(PretrainConfig().sac) == pytest.approx(1.0, abs=1e-6)
+    assert td_target_with_zero_target_critic(FinetuneConfig().sac) != pytest.approx(1.0, abs=1e-3)

@@ -60,7 +60,7 @@ def test_next_observation_is_the_next_frame_and_frames_are_stored_once():
     np.testing.assert_array_equal(data["next_state"], data["state"] + 1)
     np.testing.assert_array_equal(data["reward"], data["state"][:, 0])
     assert (data["next_obs"][:, 0, 0, 0] == (data["state"][:, 0] + 1) % 251).all()
-    assert data["not_done"].sum() == 120 - 3  # the last step of each episode is terminal
+    assert (data["discount"] > 0).sum() == 120 - 3  # the last step of each episode is terminal
 
 
 def test_a_stored_64px_transition_costs_at_most_1_1_frames():

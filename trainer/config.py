@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import typing
 from dataclasses import dataclass, field
@@ -45,7 +46,9 @@ class PretrainConfig:
     log_every: int = 50
     checkpoint_every: int = 1_000
     network: NetworkConfig = NetworkConfig()
-    sac: SACConfig = SACConfig()
+    # The CQL reference backs up no entropy (its deterministic_backup=True): with a sparse 0/1
+    # reward, -α log π summed over the horizon outweighs the reward and drives Q negative.
+    sac: SACConfig = SACConfig(backup_entropy=False)
     cql: CQLConfig = CQLConfig()
 
     def __post_init__(self) -> None:
@@ -141,12 +144,13 @@ def _parse_bool(text: str) -> bool:
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per leaf field of `cls` (defaults suppressed, so only given flags override)."""
     seen: set[str] = set()
+    defaults = cls()  # a nested config may override its class's defaults (pretraining's SACConfig does)
     for path, f, kind, owner in _leaves(cls):
         name = _CLI_NAMES.get((owner.__name__, f.name), f.name.replace("_", "-"))
         if name in seen:
             raise AssertionError(f"two config fields share the flag --{name}")
         seen.add(name)
-        default = f.default if f.default is not dataclasses.MISSING else None
+        default = functools.reduce(getattr, path, defaults)
         help_text = f.metadata.get("help", "")
         help_text = f"{help_text} (default: {_show(default)})".strip()
         dest = ".".join(path)

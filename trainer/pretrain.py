@@ -58,7 +58,8 @@ def pretrain(config: PretrainConfig) -> Path:
     try:
         for step in range(start + 1, config.steps + 1):
             slots = store.sample_uniform(members * config.batch_size, rng).reshape(members, config.batch_size)
-            metrics = sac.update(Batch.from_numpy(store.gather(slots, use_features=False), device))
+            data = store.gather(slots, False, config.sac.n_step, config.sac.gamma)
+            metrics = sac.update(Batch.from_numpy(data, device))
             check_finite(metrics, step)
             means.add(metrics)
             bar.update(1)

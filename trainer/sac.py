@@ -17,7 +17,7 @@ as in DrQ-v2.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from trainer.distributions import moment_match, sample_tanh_gaussian
 @dataclass(frozen=True)
 class SACConfig:
     gamma: float = 0.99
+    n_step: int = field(
+        default=1, metadata={"help": "TD targets from n-step returns (DrQ-v2 uses 3); 1: the paper's one-step target"}
+    )
     tau: float = 0.01  # target network Polyak rate
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
@@ -37,7 +40,11 @@ class SACConfig:
     init_alpha: float = 0.1
     target_entropy: float | None = None  # None: −(action dimensions), the SAC heuristic
     augment_pad: int = 4  # random-shift pixels; 0 turns augmentation off
-    backup_entropy: bool = True  # the soft TD target (SAC, the CQL reference); False drops −α log π there
+    backup_entropy: bool = True  # the soft TD target (SAC, the paper's online phase); False drops −α log π there
+
+    def __post_init__(self) -> None:
+        if self.n_step < 1:
+            raise ValueError(f"n_step must be at least 1, got {self.n_step}")
 
 
 @dataclass
@@ -48,7 +55,7 @@ class Batch:
     state: torch.Tensor  # float32 [M, B, S]
     action: torch.Tensor  # [M, B, A]
     reward: torch.Tensor  # [M, B]
-    not_done: torch.Tensor  # [M, B]: 0 where the task ended (no bootstrap)
+    discount: torch.Tensor  # [M, B]: γ^k for a k-step return, 0 where the task ended (no bootstrap)
     next_obs: torch.Tensor
     next_state: torch.Tensor
 
@@ -113,7 +120,7 @@ class EnsembleSAC:
             next_q = agent.critic_target(next_features, next_state, next_action).min(dim=1).values  # [N, B]
             if cfg.backup_entropy:
                 next_q = next_q - alpha * next_log_prob
-            target = batch.reward + cfg.gamma * batch.not_done * next_q
+            target = batch.reward + batch.discount * next_q
 
         embedding = agent.critic.embed(features, state)
         q = agent.critic.q(embedding, batch.action.expand(n, -1, -1))  # [N, 2, B]
