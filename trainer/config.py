@@ -45,6 +45,14 @@ class PretrainConfig:
     )
     log_every: int = 50
     checkpoint_every: int = 1_000
+    eval_every: int = field(
+        default=1_000,
+        metadata={"help": "steps between evaluations in the dataset's env (deterministic action, fixed seeds); 0: none"},
+    )
+    eval_episodes: int = 10
+    env_kwargs: str = field(
+        default="", metadata={"help": 'JSON keyword arguments for the evaluation env, e.g. {"image_size": 84}'}
+    )
     network: NetworkConfig = NetworkConfig()
     # The CQL reference backs up no entropy (its deterministic_backup=True): with a sparse 0/1
     # reward, -α log π summed over the horizon outweighs the reward and drives Q negative.
