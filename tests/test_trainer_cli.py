@@ -115,6 +115,10 @@ def test_pretraining_resumes_from_its_checkpoint_and_refuses_to_overwrite(datase
     assert main([*args, "--steps", "10"]) == 0
     first = read_checkpoint(run)
     assert first["step"] == 10 and first["kind"] == "pretrain"
+    _, store = load_offline(dataset, progress=False)  # states are normalised by the data's statistics
+    states = torch.as_tensor(store.states[: store.num_frames])
+    torch.testing.assert_close(first["agent"]["state_mean"], states.mean(0))
+    torch.testing.assert_close(first["agent"]["state_std"], states.std(0, correction=0))
     config = json.loads((run / "config.json").read_text())
     assert config["network"]["ensemble_size"] == 2 and config["resolved"]["device"] == "cpu"
     assert main([*args, "--steps", "20"]) == 2

@@ -68,6 +68,8 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
                 f"--replay {config.replay.mode} needs offline data: give --data DIR or --init a pretrained run"
             )
         _, offline = load_offline(data, agent.observation_spec, agent.action_spec)
+        if not config.init:  # a pretrained agent brings the normalisation it was trained with
+            agent.normalise_states_like(offline.states[: offline.num_frames])
     learner_config = dataclasses.replace(config.learner, freeze_encoder=freeze)
     learner = OnlineLearner(agent, learner_config, config.sac, config.replay, offline, seed=config.seed)
     dataset = str(Path(data).resolve()) if data else ""

@@ -36,6 +36,7 @@ def pretrain(config: PretrainConfig) -> Path:
             raise RunError(f"{run_dir}: the network flags differ from the run being resumed")
     dataset, store = load_offline(config.data)
     agent = new_agent(dataset.observation_spec, dataset.action_spec, config.network).to(device)
+    agent.normalise_states_like(store.states[: store.num_frames])
     eval_env = None
     if config.eval_every > 0:
         what = f"evaluation env {dataset.env_id} of the dataset (--eval-every 0 pretrains without one)"
