@@ -21,7 +21,7 @@ from trainer.networks import NetworkConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "o2o_rl/trainer-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the agent carries its state normalisation
 
 
 class RunError(Exception):
