@@ -86,3 +86,32 @@ def test_pretraining_backs_up_no_entropy_as_the_cql_reference_does():
     backup leaves it out, and online fine-tuning (SAC, as the paper) keeps it."""
     assert td_target_with_zero_target_critic(PretrainConfig().sac) == pytest.approx(1.0, abs=1e-6)
     assert td_target_with_zero_target_critic(FinetuneConfig().sac) != pytest.approx(1.0, abs=1e-3)
+
+
+def test_cloning_steps_bring_every_members_actions_to_the_datas_and_train_the_encoder():
+    """Without reward there is nothing to maximise: only cloning brings the actions to the data's."""
+    pixels = ObservationSpec((16, 16, 3), ())
+    actions = {}
+    for clone in (False, True):
+        torch.manual_seed(0)
+        agent = EnsembleAgent(pixels, ActionSpec(), NET)
+        sac = EnsembleSAC(agent, SACConfig(actor_lr=3e-3), policy="members", cql=CQLConfig())
+        encoder = [p.detach().clone() for p in agent.encoder.parameters()]
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (1, 64, 16, 16, 3), dtype=torch.uint8, generator=generator)
+        data = torch.full((1, 64, 4), DATA_ACTION)
+        no_state, zeros = torch.zeros(1, 64, 0), torch.zeros(1, 64)
+        batch = Batch(images, no_state, data, zeros, torch.full((1, 64), 0.99), images, no_state)
+        first = sac.update(batch, clone_data=clone)
+        if clone:  # the cloning loss reached the encoder alongside the critic's
+            moved = [(p - q).abs().max() for p, q in zip(agent.encoder.parameters(), encoder)]
+            assert min(moved) > 0 and first["actor_loss"] > 0
+        for _ in range(100):
+            sac.update(batch, clone_data=clone)
+        with torch.no_grad():
+            mean, _ = agent.policy(agent.features(images), None)
+        actions[clone] = torch.tanh(mean)
+    assert (actions[True] - DATA_ACTION).abs().mean() < 0.1  # every member, every action dimension
+    assert (actions[False] - DATA_ACTION).abs().mean() > 0.2
+    with pytest.raises(ValueError, match="offline pretraining"):
+        EnsembleSAC(agent, SACConfig(), policy="mixture").update(batch, clone_data=True)

@@ -45,6 +45,14 @@ class PretrainConfig:
     )
     log_every: int = 50
     checkpoint_every: int = 1_000
+    bc_steps: int = field(
+        default=0,
+        metadata={
+            "help": "first steps in which the actors regress the data's actions, training the encoder with "
+            "the critics, before CQL's actor loss takes over (the CQL reference's policy_eval_start, with the "
+            "encoder learning from it)"
+        },
+    )
     freeze_encoder_after: int = field(
         default=0,
         metadata={

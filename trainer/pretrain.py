@@ -76,7 +76,7 @@ def pretrain(config: PretrainConfig) -> Path:
                 freeze_encoder()
             slots = store.sample_uniform(members * config.batch_size, rng).reshape(members, config.batch_size)
             data = store.gather(slots, not sac.train_encoder, config.sac.n_step, config.sac.gamma)
-            metrics = sac.update(Batch.from_numpy(data, device))
+            metrics = sac.update(Batch.from_numpy(data, device), clone_data=step <= config.bc_steps)
             check_finite(metrics, step)
             means.add(metrics)
             bar.update(1)

@@ -111,7 +111,12 @@ class EnsembleSAC:
         action, log_prob = sample_tanh_gaussian(*moment_match(mean, log_std))
         return action.expand(mean.shape[0], -1, -1), log_prob.unsqueeze(0)
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch, clone_data: bool = False) -> dict[str, float]:
+        """One step of critics, actors and temperatures. With `clone_data` (pretraining's first
+        `bc_steps`) the actors regress the data's actions instead of maximising Q, and that loss
+        trains the encoder too, which then locates the object long before the critic alone would."""
+        if clone_data and self.policy_mode != "members":
+            raise ValueError("cloning the data's actions is a step of offline pretraining (policy='members')")
         agent, cfg = self.agent, self.config
         n = agent.ensemble_size
         pad = cfg.augment_pad if self.train_encoder else 0
@@ -138,27 +143,36 @@ class EnsembleSAC:
             "q_target": target.mean().item(),
         }
         # The critic step does not touch the actor, so its output at s serves both steps.
-        mean, log_std = agent.actor(features.detach(), state)
+        mean, log_std = agent.actor(features if clone_data else features.detach(), state)
         loss = critic_loss
         if self.cql is not None:
             policy_at_s = (mean.detach(), log_std.detach())
             gap, cql_metrics = cql_gap(agent.critic, embedding, q, policy_at_s, next_policy, self.cql)
             metrics.update(cql_metrics)
             loss = loss + self._cql_loss(gap, metrics)
+        if clone_data:  # one backward pass: the cloning loss reaches the encoder with the critic's
+            actor_loss = (torch.tanh(mean) - batch.action).square().mean(dim=(-2, -1)).sum()
+            loss = loss + actor_loss
+            self.actor_optimizer.zero_grad(set_to_none=True)
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_optimizer.step()
 
-        action, log_prob = self._sample(mean, log_std)
-        agent.critic.requires_grad_(False)
-        q_policy = agent.critic(features.detach(), state, action).min(dim=1).values  # [N, B]
-        agent.critic.requires_grad_(True)
-        if self.policy_mode == "mixture":
-            q_policy = q_policy.mean(dim=0, keepdim=True)  # the ensemble's Q: mean over members
-        actor_loss = (alpha * log_prob - q_policy).mean(dim=-1).sum()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_optimizer.step()
+        if clone_data:
+            self.actor_optimizer.step()
+            with torch.no_grad():
+                action, log_prob = self._sample(mean, log_std)
+        else:
+            action, log_prob = self._sample(mean, log_std)
+            agent.critic.requires_grad_(False)
+            q_policy = agent.critic(features.detach(), state, action).min(dim=1).values  # [N, B]
+            agent.critic.requires_grad_(True)
+            if self.policy_mode == "mixture":
+                q_policy = q_policy.mean(dim=0, keepdim=True)  # the ensemble's Q: mean over members
+            actor_loss = (alpha * log_prob - q_policy).mean(dim=-1).sum()
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_optimizer.step()
 
         alpha_loss = -(self.log_alpha.unsqueeze(-1) * (log_prob.detach() + self.target_entropy)).mean(dim=-1).sum()
         self.alpha_optimizer.zero_grad(set_to_none=True)
