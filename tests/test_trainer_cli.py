@@ -145,23 +145,6 @@ def test_pretraining_evaluates_in_the_datasets_env_or_says_how_to_do_without(dat
     assert "eval/success_rate" not in read_metrics(tmp_path / "b")
 
 
-def test_pretraining_freezes_the_encoder_after_the_given_step_also_across_a_resume(dataset, tmp_path):
-    def encoder(run: Path) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in read_checkpoint(run)["agent"].items() if k.startswith("encoder.")}
-
-    common = ["pretrain", "--data", str(dataset), *SMALL, "--eval-every", "0"]
-    assert main([*common, "--out", str(tmp_path / "five"), "--steps", "5"]) == 0
-    frozen = [*common, "--out", str(tmp_path / "frozen"), "--freeze-encoder-after", "5"]
-    assert main([*frozen, "--steps", "9"]) == 0  # frozen on the way
-    at_nine = read_checkpoint(tmp_path / "frozen")
-    assert main([*frozen, "--steps", "12", "--resume"]) == 0  # frozen from the start
-    at_twelve = read_checkpoint(tmp_path / "frozen")
-    for name, weights in encoder(tmp_path / "five").items():
-        assert torch.equal(weights, at_nine["agent"][name]) and torch.equal(weights, at_twelve["agent"][name])
-    for key in ("critic.trunk.linear.weight", "actor.head.layers.0.weight"):
-        assert not torch.equal(at_nine["agent"][key], at_twelve["agent"][key])
-
-
 def test_finetune_takes_a_subset_of_members_and_refuses_to_reshape_them(dataset, tmp_path, capsys):
     pre = tmp_path / "pre"
     assert main(["pretrain", "--data", str(dataset), "--out", str(pre), "--steps", "2", *SMALL]) == 0

@@ -53,13 +53,6 @@ class PretrainConfig:
             "encoder learning from it)"
         },
     )
-    freeze_encoder_after: int = field(
-        default=0,
-        metadata={
-            "help": "steps after which the encoder is frozen and every frame encoded once: later steps train trunks "
-            "and heads on cached features, 2-3x faster on a CPU; 0: never"
-        },
-    )
     eval_every: int = field(
         default=1_000,
         metadata={"help": "steps between evaluations in the dataset's env (deterministic action, fixed seeds); 0: none"},
@@ -77,8 +70,6 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.member_batches not in ("independent", "shared"):
             raise ValueError(f"member_batches must be 'independent' or 'shared', got {self.member_batches!r}")
-        if self.freeze_encoder_after and self.network.encoder == "per_member" and self.member_batches == "independent":
-            raise ValueError("cached per-member encoder features need --member-batches shared")
 
 
 @dataclass(frozen=True)

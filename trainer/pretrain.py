@@ -59,23 +59,14 @@ def pretrain(config: PretrainConfig) -> Path:
             run_dir, agent, kind="pretrain", step=step, learner_state={"sac": sac.state_dict()}, extra=extra
         )
 
-    def freeze_encoder() -> None:
-        store.cache_features(agent.encode_frames(store.frames[: store.num_frames]))
-        sac.freeze_encoder()
-
-    freeze_after = config.freeze_encoder_after
     members = config.network.ensemble_size if config.member_batches == "independent" else 1
     logger = MetricsLogger(run_dir, append=payload is not None)
     means = RunningMean()
-    if freeze_after and start >= freeze_after:
-        freeze_encoder()
     bar = progress(config.steps, start, "pretrain", "step")
     try:
         for step in range(start + 1, config.steps + 1):
-            if freeze_after and step == freeze_after + 1:
-                freeze_encoder()
             slots = store.sample_uniform(members * config.batch_size, rng).reshape(members, config.batch_size)
-            data = store.gather(slots, not sac.train_encoder, config.sac.n_step, config.sac.gamma)
+            data = store.gather(slots, False, config.sac.n_step, config.sac.gamma)
             metrics = sac.update(Batch.from_numpy(data, device), clone_data=step <= config.bc_steps)
             check_finite(metrics, step)
             means.add(metrics)

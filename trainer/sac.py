@@ -98,12 +98,6 @@ class EnsembleSAC:
             self.log_cql_multiplier = torch.zeros(agent.ensemble_size, device=device, requires_grad=True)
             self.cql_multiplier_optimizer = torch.optim.Adam([self.log_cql_multiplier], lr=cql.lagrange_lr)
 
-    def freeze_encoder(self) -> None:
-        """From now on train trunks, heads and temperatures only (batches then carry cached
-        encoder features, which are not augmented)."""
-        self.train_encoder = False
-        self.agent.encoder.requires_grad_(False)  # Adam skips parameters that get no gradient
-
     def _sample(self, mean: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Actions [N, B, A] and log probs [P, B] from the members' policies or their mixture."""
         if self.policy_mode == "members":
