@@ -115,6 +115,10 @@ def test_pretraining_resumes_from_its_checkpoint_and_refuses_to_overwrite(datase
     assert main([*args, "--steps", "10"]) == 0
     first = read_checkpoint(run)
     assert first["step"] == 10 and first["kind"] == "pretrain"
+    _, store = load_offline(dataset, progress=False)  # states are normalised by the data's statistics
+    states = torch.as_tensor(store.states[: store.num_frames])
+    torch.testing.assert_close(first["agent"]["state_mean"], states.mean(0))
+    torch.testing.assert_close(first["agent"]["state_std"], states.std(0, correction=0))
     config = json.loads((run / "config.json").read_text())
     assert config["network"]["ensemble_size"] == 2 and config["resolved"]["device"] == "cpu"
     assert main([*args, "--steps", "20"]) == 2
@@ -123,10 +127,22 @@ def test_pretraining_resumes_from_its_checkpoint_and_refuses_to_overwrite(datase
     second = read_checkpoint(run)
     assert second["step"] == 20
     assert not torch.equal(first["agent"]["critic.trunk.linear.weight"], second["agent"]["critic.trunk.linear.weight"])
-    steps, _ = read_metrics(run)["critic_loss"]
-    assert steps == [5, 10, 15, 20]
+    metrics = read_metrics(run)
+    assert metrics["critic_loss"][0] == [5, 10, 15, 20]
+    assert metrics["eval/success_rate"][0] == [10, 20]  # every run ends with an evaluation in the dataset's env
     assert main([*args, "--steps", "30", "--resume", "--hidden-dim", "64"]) == 2
     assert "network flags differ" in capsys.readouterr().err
+
+
+def test_pretraining_evaluates_in_the_datasets_env_or_says_how_to_do_without(dataset, tmp_path, capsys):
+    manifest = dataset / "manifest.json"
+    manifest.write_text(manifest.read_text().replace(ENV_ID, "o2o_test/Gone-v0"))
+    args = ["pretrain", "--data", str(dataset), "--steps", "2", *SMALL]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "evaluation env o2o_test/Gone-v0 of the dataset (--eval-every 0 pretrains without one)" in err
+    assert main([*args, "--out", str(tmp_path / "b"), "--eval-every", "0"]) == 0
+    assert "eval/success_rate" not in read_metrics(tmp_path / "b")
 
 
 def test_finetune_takes_a_subset_of_members_and_refuses_to_reshape_them(dataset, tmp_path, capsys):

@@ -7,6 +7,7 @@ from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
 
 from robot_node.spec import ActionSpec, ObservationSpec
 from trainer.agent import EnsembleAgent
+from trainer.config import FinetuneConfig, PretrainConfig
 from trainer.cql import CQLConfig
 from trainer.networks import NetworkConfig
 from trainer.sac import Batch, EnsembleSAC, SACConfig
@@ -61,3 +62,56 @@ def test_lagrange_variant_tunes_its_multiplier():
     assert metrics[0]["cql/multiplier"] == pytest.approx(1.0, abs=0.02)
     assert metrics[-1]["cql/multiplier"] != pytest.approx(1.0, abs=0.05)
     assert sac.log_cql_multiplier is not None and "log_cql_multiplier" in sac.state_dict()
+
+
+def td_target_with_zero_target_critic(config: SACConfig) -> float:
+    """The mean TD target of one update where the target critic answers 0 for every action,
+    so the target is r + discount * (0 - α log π) with the soft backup and r without it."""
+    torch.manual_seed(0)
+    agent = EnsembleAgent(OBS, ActionSpec(), NET)
+    last = agent.critic_target.heads.layers[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    sac = EnsembleSAC(agent, config, policy="members", cql=CQLConfig(), train_encoder=False)
+    features = torch.randn(1, 64, agent.feature_dim)
+    no_state = torch.zeros(1, 64, 0)
+    reward, discount = torch.ones(1, 64), torch.full((1, 64), 0.99)
+    batch = Batch(features, no_state, torch.zeros(1, 64, 4), reward, discount, features, no_state)
+    return sac.update(batch)["q_target"]
+
+
+def test_pretraining_backs_up_no_entropy_as_the_cql_reference_does():
+    """With a sparse 0/1 reward the soft target's -α log π, summed over the horizon, outweighs
+    the reward and drove pretrained Q-values negative; the CQL reference's deterministic
+    backup leaves it out, and online fine-tuning (SAC, as the paper) keeps it."""
+    assert td_target_with_zero_target_critic(PretrainConfig().sac) == pytest.approx(1.0, abs=1e-6)
+    assert td_target_with_zero_target_critic(FinetuneConfig().sac) != pytest.approx(1.0, abs=1e-3)
+
+
+def test_cloning_steps_bring_every_members_actions_to_the_datas_and_train_the_encoder():
+    """Without reward there is nothing to maximise: only cloning brings the actions to the data's."""
+    pixels = ObservationSpec((16, 16, 3), ())
+    actions = {}
+    for clone in (False, True):
+        torch.manual_seed(0)
+        agent = EnsembleAgent(pixels, ActionSpec(), NET)
+        sac = EnsembleSAC(agent, SACConfig(actor_lr=3e-3), policy="members", cql=CQLConfig())
+        encoder = [p.detach().clone() for p in agent.encoder.parameters()]
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (1, 64, 16, 16, 3), dtype=torch.uint8, generator=generator)
+        data = torch.full((1, 64, 4), DATA_ACTION)
+        no_state, zeros = torch.zeros(1, 64, 0), torch.zeros(1, 64)
+        batch = Batch(images, no_state, data, zeros, torch.full((1, 64), 0.99), images, no_state)
+        first = sac.update(batch, clone_data=clone)
+        if clone:  # the cloning loss reached the encoder alongside the critic's
+            moved = [(p - q).abs().max() for p, q in zip(agent.encoder.parameters(), encoder)]
+            assert min(moved) > 0 and first["actor_loss"] > 0
+        for _ in range(100):
+            sac.update(batch, clone_data=clone)
+        with torch.no_grad():
+            mean, _ = agent.policy(agent.features(images), None)
+        actions[clone] = torch.tanh(mean)
+    assert (actions[True] - DATA_ACTION).abs().mean() < 0.1  # every member, every action dimension
+    assert (actions[False] - DATA_ACTION).abs().mean() > 0.2
+    with pytest.raises(ValueError, match="offline pretraining"):
+        EnsembleSAC(agent, SACConfig(), policy="mixture").update(batch, clone_data=True)

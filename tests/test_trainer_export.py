@@ -29,6 +29,8 @@ def exported() -> tuple[EnsembleAgent, bytes]:
     with torch.no_grad():  # spread the members apart so the mixture is not trivial
         for p in agent.actor.parameters():
             p.mul_(3.0)
+    states = np.random.default_rng(0).normal([0.1, -2.0, 0.03], [0.3, 1.5, 0.01], (100, 3))
+    agent.normalise_states_like(states.astype(np.float32))  # the graph normalises as the trainer does
     return agent, export_onnx(agent, version=7, train_step=1234)
 
 

@@ -16,7 +16,7 @@ def test_pretraining_then_fine_tuning_improves_return(tmp_path):
     pre, fine = tmp_path / "pre", tmp_path / "fine"
     assert (
         main(
-            ["pretrain", "--data", str(data), "--out", str(pre), "--steps", "500", "--log-every", "100", *SMALL, *FAST]
+            ["pretrain", "--data", str(data), "--out", str(pre), "--steps", "500", "--bc-steps", "100", *SMALL, *FAST]
         )
         == 0
     )

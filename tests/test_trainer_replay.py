@@ -60,7 +60,54 @@ def test_next_observation_is_the_next_frame_and_frames_are_stored_once():
     np.testing.assert_array_equal(data["next_state"], data["state"] + 1)
     np.testing.assert_array_equal(data["reward"], data["state"][:, 0])
     assert (data["next_obs"][:, 0, 0, 0] == (data["state"][:, 0] + 1) % 251).all()
-    assert data["not_done"].sum() == 120 - 3  # the last step of each episode is terminal
+    assert (data["discount"] > 0).sum() == 120 - 3  # the last step of each episode is terminal
+
+
+def brute_force_n_step(
+    rewards: list[float], terminal_last: bool, t: int, n: int, gamma: float
+) -> tuple[float, float, int]:
+    """(return, bootstrap discount, index of the bootstrap observation) of step t, by the book."""
+    total, discount, k = 0.0, 1.0, t
+    while k < len(rewards) and k < t + n:
+        total += discount * rewards[k]
+        discount *= 0.0 if terminal_last and k == len(rewards) - 1 else gamma
+        k += 1
+    return total, discount, k
+
+
+def test_n_step_returns_follow_the_episode_and_stop_at_its_end():
+    gamma, n = 0.5, 3
+    terminal = episode(0, 6)  # rewards 0..5, the last step terminal
+    truncated = episode(100, 5)  # rewards 100..104, cut by the time limit: bootstrap from its last frame
+    truncated.terminals[:] = False
+    truncated.truncations[-1] = True
+    store = FrameStore(13, SHAPE, 1, 4)
+    store.add_episode(terminal)
+    store.add_episode(truncated)
+    slots = store.transition_slots()
+    data = store.gather(slots, use_features=False, n_step=n, gamma=gamma)
+    for i, state in enumerate(data["state"][:, 0]):
+        first = 0 if state < 100 else 100
+        ep = terminal if first == 0 else truncated
+        expected = brute_force_n_step(list(ep.rewards), bool(ep.terminals[-1]), int(state) - first, n, gamma)
+        assert data["reward"][i] == pytest.approx(expected[0]) and data["discount"][i] == pytest.approx(expected[1])
+        assert data["next_state"][i, 0] == first + expected[2]
+        assert data["next_obs"][i, 0, 0, 0] == (first + expected[2]) % 251
+    one_step = store.gather(slots, use_features=False, n_step=1, gamma=gamma)
+    np.testing.assert_array_equal(one_step["next_state"], one_step["state"] + 1)
+    np.testing.assert_allclose(one_step["discount"], np.where(one_step["state"][:, 0] == 5, 0.0, gamma))
+
+
+def test_n_step_returns_of_a_streaming_episode_stop_at_its_newest_step():
+    replay = Replay(ReplayConfig(mode="online_only"), FrameStore(100, SHAPE, 1, 4), None, warmup=1)
+    for t in range(4):  # steps 0..3 arrived; step 3 waits for its next frame
+        replay.add(step("e", t, 10 + t))
+    data = replay.gather(replay.sample(200), use_features=False, n_step=5, gamma=0.5)
+    assert set(data["state"][:, 0]) == {10, 11, 12}
+    np.testing.assert_array_equal(data["next_state"][:, 0], 13)  # the newest frame held
+    expected = {10: 10 + 0.5 * 11 + 0.25 * 12, 11: 11 + 0.5 * 12, 12: 12.0}
+    np.testing.assert_allclose(data["reward"], [expected[s] for s in data["state"][:, 0]])
+    np.testing.assert_allclose(data["discount"], 0.5 ** (13 - data["state"][:, 0]))
 
 
 def test_a_stored_64px_transition_costs_at_most_1_1_frames():

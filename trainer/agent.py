@@ -31,6 +31,11 @@ class EnsembleAgent(nn.Module):
         self.actor = Actor(self.encoder.out_dim, self.state_dim, action_spec.dim, config)
         self.critic = Critic(self.encoder.out_dim, self.state_dim, action_spec.dim, config)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        # Proprioception in its own units mixes radians with a finger opening in metres (its
+        # spread 25x smaller); normalised by the offline data's statistics, fixed before
+        # training and saved and exported with the weights.
+        self.register_buffer("state_mean", torch.zeros(self.state_dim))
+        self.register_buffer("state_std", torch.ones(self.state_dim))
 
     @property
     def ensemble_size(self) -> int:
@@ -53,8 +58,15 @@ class EnsembleAgent(nn.Module):
             return obs.float()[0].reshape(obs.shape[1], n, -1).transpose(0, 1)
         return obs.float()
 
+    def normalise_states_like(self, states: np.ndarray) -> None:
+        """Fix the state normalisation to these states' per-dimension mean and spread."""
+        if self.state_dim:
+            self.state_mean.copy_(torch.as_tensor(states.mean(axis=0)))
+            self.state_std.copy_(torch.as_tensor(states.std(axis=0)).clamp_min(1e-3))
+
     def state_input(self, state: torch.Tensor | None) -> torch.Tensor | None:
-        return state if self.state_dim else None
+        """The proprioception the networks see: normalised, or None when they use none."""
+        return (state - self.state_mean) / self.state_std if self.state_dim else None
 
     def policy(self, features: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every member's pre-tanh Gaussian, [N, B, A] each."""

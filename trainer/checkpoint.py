@@ -21,7 +21,7 @@ from trainer.networks import NetworkConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "o2o_rl/trainer-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the agent carries its state normalisation
 
 
 class RunError(Exception):
@@ -86,9 +86,13 @@ def select_members(
 ) -> dict[str, torch.Tensor]:
     """An agent state dict restricted to some members, in the order given. Stacked parameters
     lead with members (trunks, actor heads), members × twins (critic heads) or members ×
-    channels (per-member encoder); a shared encoder belongs to all members."""
+    channels (per-member encoder); a shared encoder and the state normalisation belong to
+    all members."""
     out = {}
     for key, value in state.items():
+        if key in ("state_mean", "state_std"):
+            out[key] = value.clone()
+            continue
         if key.startswith("encoder."):
             if network.encoder == "shared":
                 out[key] = value.clone()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,13 @@ from trainer.sac import SACConfig
 _THREADS_HELP = "CPU threads for torch; 0: torch's default. Where other processes share the cores, 1 is fastest"
 
 
+# The commands' defaults are the CPU recipe that learns PickPlace from pixels on 2 cores in
+# about 10 minutes (README, "Learning PickPlace on a CPU"): 2 members, hidden width 128, one
+# minibatch of 64 shared by the members, 3-step returns, 2,000 cloning steps, the CQL
+# reference's actor learning rate. The paper's settings stay one flag each away (README).
+CPU_NETWORK = NetworkConfig(ensemble_size=2, hidden_dim=128)
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Offline pretraining of N CQL agents on an episode dataset."""
@@ -33,19 +41,38 @@ class PretrainConfig:
     data: str = field(default="", metadata={"help": "offline dataset directory (o2o_rl/episodes)"})
     out: str = field(default="", metadata={"help": "run directory for checkpoints, metrics and config"})
     steps: int = field(default=5_000, metadata={"help": "gradient steps"})
-    batch_size: int = field(default=256, metadata={"help": "transitions per member per step"})
+    batch_size: int = field(default=64, metadata={"help": "transitions per member per step"})
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
     threads: int = field(default=0, metadata={"help": _THREADS_HELP})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint"})
     member_batches: str = field(
-        default="independent",
+        default="shared",
         metadata={"help": "independent (own minibatch per member, as the paper) | shared (N× fewer images to encode)"},
     )
     log_every: int = 50
     checkpoint_every: int = 1_000
-    network: NetworkConfig = NetworkConfig()
-    sac: SACConfig = SACConfig()
+    bc_steps: int = field(
+        default=2_000,
+        metadata={
+            "help": "first steps in which the actors regress the data's actions, training the encoder with "
+            "the critics, before CQL's actor loss takes over (the CQL reference's policy_eval_start, with the "
+            "encoder learning from it)"
+        },
+    )
+    eval_every: int = field(
+        default=1_000,
+        metadata={"help": "steps between evaluations in the dataset's env (deterministic action, fixed seeds); 0: none"},
+    )
+    eval_episodes: int = 10
+    env_kwargs: str = field(
+        default="", metadata={"help": 'JSON keyword arguments for the evaluation env, e.g. {"image_size": 84}'}
+    )
+    network: NetworkConfig = CPU_NETWORK
+    # The CQL reference backs up no entropy (its deterministic_backup=True): with a sparse 0/1
+    # reward, -α log π summed over the horizon outweighs the reward and drives Q negative. Its
+    # actor learning rate is 1e-4: after cloning, 3e-4 lost the cloned policy's successes.
+    sac: SACConfig = SACConfig(backup_entropy=False, n_step=3, actor_lr=1e-4)
     cql: CQLConfig = CQLConfig()
 
     def __post_init__(self) -> None:
@@ -75,12 +102,10 @@ class FinetuneConfig:
     eval_episodes: int = 10
     log_every: int = 50
     checkpoint_every: int = 1_000
-    learner: LearnerConfig = LearnerConfig()
+    learner: LearnerConfig = LearnerConfig(batch_size=128, ratio_batch_size=128, warmup=400)
     replay: ReplayConfig = ReplayConfig()
-    network: NetworkConfig = field(
-        default=NetworkConfig(), metadata={"help": "used from scratch; --init brings its own"}
-    )
-    sac: SACConfig = SACConfig()
+    network: NetworkConfig = field(default=CPU_NETWORK, metadata={"help": "used from scratch; --init brings its own"})
+    sac: SACConfig = SACConfig(n_step=3)
 
 
 # Flags whose field names would clash or read badly when flattened.
@@ -141,12 +166,13 @@ def _parse_bool(text: str) -> bool:
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per leaf field of `cls` (defaults suppressed, so only given flags override)."""
     seen: set[str] = set()
+    defaults = cls()  # a nested config may override its class's defaults (pretraining's SACConfig does)
     for path, f, kind, owner in _leaves(cls):
         name = _CLI_NAMES.get((owner.__name__, f.name), f.name.replace("_", "-"))
         if name in seen:
             raise AssertionError(f"two config fields share the flag --{name}")
         seen.add(name)
-        default = f.default if f.default is not dataclasses.MISSING else None
+        default = functools.reduce(getattr, path, defaults)
         help_text = f.metadata.get("help", "")
         help_text = f"{help_text} (default: {_show(default)})".strip()
         dest = ".".join(path)

@@ -9,7 +9,6 @@ Evaluations with the deterministic action (tanh of the mixture mean, as the robo
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from robot_node.link_interface import Transition
 from trainer.agent import EnsembleAgent
 from trainer.checkpoint import RunError, agent_from_checkpoint, read_checkpoint, save_checkpoint
 from trainer.config import FinetuneConfig, write_config
+from trainer.evaluate import check_env_specs, evaluate, make_env, split_obs
 from trainer.learner import OnlineLearner
 from trainer.metrics import MetricsLogger, RunningMean
 from trainer.offline_data import load_offline
@@ -35,46 +35,6 @@ from trainer.run import (
     set_threads,
 )
 
-EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes use their own fixed seeds
-
-
-def make_env(env_id: str, kwargs_json: str = "") -> gym.Env:
-    """gym.make, registering the project's simulator (`import sim`) for o2o_rl/ ids."""
-    try:
-        kwargs = json.loads(kwargs_json) if kwargs_json else {}
-    except json.JSONDecodeError as exc:
-        raise RunError(f"--env-kwargs: not JSON ({exc})") from None
-    if not isinstance(kwargs, dict):
-        raise RunError("--env-kwargs: must be a JSON object")
-    if ":" not in env_id and env_id.startswith("o2o_rl/") and env_id not in gym.registry:
-        importlib.import_module("sim")
-    try:
-        env = gym.make(env_id, **kwargs)
-    except (gym.error.Error, ModuleNotFoundError, TypeError) as exc:
-        raise RunError(f"--env {env_id}: {exc}") from None
-    if not hasattr(env.unwrapped, "observation_spec") or not hasattr(env.unwrapped, "action_spec"):
-        raise RunError(f"--env {env_id}: the environment publishes no observation_spec/action_spec")
-    return env
-
-
-def split_obs(obs: dict) -> tuple[np.ndarray, np.ndarray]:
-    return obs["pixels"], np.asarray(obs.get("state", np.zeros(0)), np.float32)
-
-
-def evaluate(agent: EnsembleAgent, env: gym.Env, episodes: int) -> dict[str, float]:
-    """Mean return and success rate of the deterministic action over fixed-seed episodes."""
-    returns, successes = [], []
-    for i in range(episodes):
-        obs, info = env.reset(seed=EVAL_SEED_OFFSET + i)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, info = env.step(agent.act(*split_obs(obs), deterministic=True))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-        successes.append(bool(info.get("success", False)))
-    return {"eval/return": float(np.mean(returns)), "eval/success_rate": float(np.mean(successes))}
-
 
 def agent_and_data(config: FinetuneConfig, given: set[str], env: gym.Env) -> tuple[EnsembleAgent, str]:
     """The agent to fine-tune and the offline dataset that goes with it."""
@@ -88,10 +48,7 @@ def agent_and_data(config: FinetuneConfig, given: set[str], env: gym.Env) -> tup
         raise RunError(f"--{flag}: the network's shape comes from --init {config.init}")
     size = config.network.ensemble_size if "network.ensemble_size" in given else None
     agent = agent_from_checkpoint(payload, size)
-    if agent.observation_spec != spec or agent.action_spec != action_spec:
-        raise RunError(
-            f"--init {config.init}: trained for {agent.observation_spec.to_json()}, the env has {spec.to_json()}"
-        )
+    check_env_specs(env, agent.observation_spec, agent.action_spec, f"--init {config.init}")
     return agent, config.data or payload.get("dataset", "")
 
 
@@ -111,6 +68,8 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
                 f"--replay {config.replay.mode} needs offline data: give --data DIR or --init a pretrained run"
             )
         _, offline = load_offline(data, agent.observation_spec, agent.action_spec)
+        if not config.init:  # a pretrained agent brings the normalisation it was trained with
+            agent.normalise_states_like(offline.states[: offline.num_frames])
     learner_config = dataclasses.replace(config.learner, freeze_encoder=freeze)
     learner = OnlineLearner(agent, learner_config, config.sac, config.replay, offline, seed=config.seed)
     dataset = str(Path(data).resolve()) if data else ""

@@ -118,20 +118,40 @@ class FrameStore:
             out = np.concatenate([out, draw[self.next_slot[draw] != NO_TRANSITION]])
         return out[:count]
 
-    def gather(self, slots: np.ndarray, use_features: bool) -> dict[str, np.ndarray]:
-        """The transitions starting at `slots` (any shape) as arrays with that leading shape."""
+    def gather(
+        self, slots: np.ndarray, use_features: bool, n_step: int = 1, gamma: float = 0.99
+    ) -> dict[str, np.ndarray]:
+        """The transitions starting at `slots` (any shape) as arrays with that leading shape.
+
+        With `n_step` > 1 each transition is followed along its episode for up to n steps:
+        `reward` is the discounted sum r_t + γ r_{t+1} + …, `next_obs` the observation where
+        the sum stops and `discount` the factor its bootstrap gets (γ^k, 0 after a terminal
+        step). A sum stops early at a terminal step and where the episode's stored steps end
+        (its time limit, or the newest step of an episode still streaming), so a truncated
+        episode still bootstraps from its last observation.
+        """
         nxt = self.next_slot[slots]
         if (nxt == NO_TRANSITION).any():
             raise IndexError("gather() was given a slot where no transition starts")
         source = self.features if use_features else self.frames
         if source is None:
             raise ValueError("this store caches no encoder features")
+        reward = self.rewards[slots].copy()
+        discount = np.where(self.terminals[slots], 0.0, gamma).astype(np.float32)
+        for _ in range(n_step - 1):
+            going = (discount > 0.0) & (self.next_slot[nxt] != NO_TRANSITION)
+            if not going.any():
+                break
+            at = nxt[going]
+            reward[going] += discount[going] * self.rewards[at]
+            discount[going] *= np.where(self.terminals[at], 0.0, gamma).astype(np.float32)
+            nxt[going] = self.next_slot[at]
         return {
             "obs": source[slots],
             "state": self.states[slots],
             "action": self.actions[slots],
-            "reward": self.rewards[slots],
-            "not_done": (~self.terminals[slots]).astype(np.float32),
+            "reward": reward,
+            "discount": discount,
             "next_obs": source[nxt],
             "next_state": self.states[nxt],
         }

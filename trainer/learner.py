@@ -108,7 +108,8 @@ class OnlineLearner:
         if not self.ready:
             return None
         indices = self.replay.sample(self.config.batch_size)
-        data = self.replay.gather(indices, use_features=self.config.freeze_encoder)
+        sac = self.sac.config
+        data = self.replay.gather(indices, self.config.freeze_encoder, sac.n_step, sac.gamma)
         metrics = {}
         if self.ratio is not None:
             metrics.update(self._update_ratio_and_priorities(indices, data))

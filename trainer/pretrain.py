@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from trainer.checkpoint import RunError, read_checkpoint, save_checkpoint
 from trainer.config import PretrainConfig, write_config
+from trainer.evaluate import check_env_specs, evaluate, make_env
 from trainer.metrics import MetricsLogger, RunningMean
 from trainer.networks import NetworkConfig
 from trainer.offline_data import load_offline
@@ -34,6 +36,12 @@ def pretrain(config: PretrainConfig) -> Path:
             raise RunError(f"{run_dir}: the network flags differ from the run being resumed")
     dataset, store = load_offline(config.data)
     agent = new_agent(dataset.observation_spec, dataset.action_spec, config.network).to(device)
+    agent.normalise_states_like(store.states[: store.num_frames])
+    eval_env = None
+    if config.eval_every > 0:
+        what = f"evaluation env {dataset.env_id} of the dataset (--eval-every 0 pretrains without one)"
+        eval_env = make_env(dataset.env_id, config.env_kwargs, what)
+        check_env_specs(eval_env, dataset.observation_spec, dataset.action_spec, what)
     sac = EnsembleSAC(agent, config.sac, policy="members", cql=config.cql, train_encoder=True)
     start = 0
     if payload is not None:
@@ -58,7 +66,8 @@ def pretrain(config: PretrainConfig) -> Path:
     try:
         for step in range(start + 1, config.steps + 1):
             slots = store.sample_uniform(members * config.batch_size, rng).reshape(members, config.batch_size)
-            metrics = sac.update(Batch.from_numpy(store.gather(slots, use_features=False), device))
+            data = store.gather(slots, False, config.sac.n_step, config.sac.gamma)
+            metrics = sac.update(Batch.from_numpy(data, device), clone_data=step <= config.bc_steps)
             check_finite(metrics, step)
             means.add(metrics)
             bar.update(1)
@@ -68,10 +77,16 @@ def pretrain(config: PretrainConfig) -> Path:
                 bar.set_postfix(
                     q=f"{summary['q_data']:.2f}", gap=f"{summary['cql/gap']:.2f}", alpha=f"{summary['alpha']:.3f}"
                 )
+            if eval_env is not None and (step % config.eval_every == 0 or step == config.steps):
+                scores = evaluate(agent, eval_env, config.eval_episodes)
+                logger.log(step, scores)
+                tqdm.write(f"step {step}: success {scores['eval/success_rate']:.2f}, return {scores['eval/return']:.1f}")
             if step % config.checkpoint_every == 0 or step == config.steps:
                 checkpoint(step)
     finally:
         bar.close()
         logger.close()
+        if eval_env is not None:
+            eval_env.close()
     plot_runs([run_dir], run_dir / "curves.png")
     return run_dir

@@ -129,15 +129,19 @@ class Replay:
     def is_offline(self, indices: np.ndarray) -> np.ndarray:
         return indices < self.n_offline
 
-    def gather(self, indices: np.ndarray, use_features: bool) -> dict[str, np.ndarray]:
-        """Transitions for tree indices, from whichever store holds each, in the given order."""
+    def gather(
+        self, indices: np.ndarray, use_features: bool, n_step: int = 1, gamma: float = 0.99
+    ) -> dict[str, np.ndarray]:
+        """Transitions for tree indices, from whichever store holds each, in the given order
+        (n-step sums as FrameStore.gather)."""
         offline = self.is_offline(indices)
         parts = []
         if offline.any():
             assert self.offline is not None
-            parts.append((offline, self.offline.gather(indices[offline], use_features)))
+            parts.append((offline, self.offline.gather(indices[offline], use_features, n_step, gamma)))
         if not offline.all():
-            parts.append((~offline, self.online.gather(indices[~offline] - self.n_offline, use_features)))
+            online = indices[~offline] - self.n_offline
+            parts.append((~offline, self.online.gather(online, use_features, n_step, gamma)))
         if len(parts) == 1:
             return parts[0][1]
         out = {}

@@ -17,7 +17,7 @@ as in DrQ-v2.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from trainer.distributions import moment_match, sample_tanh_gaussian
 @dataclass(frozen=True)
 class SACConfig:
     gamma: float = 0.99
+    n_step: int = field(
+        default=1, metadata={"help": "TD targets from n-step returns (DrQ-v2 uses 3); 1: the paper's one-step target"}
+    )
     tau: float = 0.01  # target network Polyak rate
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
@@ -37,7 +40,11 @@ class SACConfig:
     init_alpha: float = 0.1
     target_entropy: float | None = None  # None: −(action dimensions), the SAC heuristic
     augment_pad: int = 4  # random-shift pixels; 0 turns augmentation off
-    backup_entropy: bool = True  # the soft TD target (SAC, the CQL reference); False drops −α log π there
+    backup_entropy: bool = True  # the soft TD target (SAC, the paper's online phase); False drops −α log π there
+
+    def __post_init__(self) -> None:
+        if self.n_step < 1:
+            raise ValueError(f"n_step must be at least 1, got {self.n_step}")
 
 
 @dataclass
@@ -48,7 +55,7 @@ class Batch:
     state: torch.Tensor  # float32 [M, B, S]
     action: torch.Tensor  # [M, B, A]
     reward: torch.Tensor  # [M, B]
-    not_done: torch.Tensor  # [M, B]: 0 where the task ended (no bootstrap)
+    discount: torch.Tensor  # [M, B]: γ^k for a k-step return, 0 where the task ended (no bootstrap)
     next_obs: torch.Tensor
     next_state: torch.Tensor
 
@@ -98,7 +105,12 @@ class EnsembleSAC:
         action, log_prob = sample_tanh_gaussian(*moment_match(mean, log_std))
         return action.expand(mean.shape[0], -1, -1), log_prob.unsqueeze(0)
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch, clone_data: bool = False) -> dict[str, float]:
+        """One step of critics, actors and temperatures. With `clone_data` (pretraining's first
+        `bc_steps`) the actors regress the data's actions instead of maximising Q, and that loss
+        trains the encoder too, which then locates the object long before the critic alone would."""
+        if clone_data and self.policy_mode != "members":
+            raise ValueError("cloning the data's actions is a step of offline pretraining (policy='members')")
         agent, cfg = self.agent, self.config
         n = agent.ensemble_size
         pad = cfg.augment_pad if self.train_encoder else 0
@@ -113,7 +125,7 @@ class EnsembleSAC:
             next_q = agent.critic_target(next_features, next_state, next_action).min(dim=1).values  # [N, B]
             if cfg.backup_entropy:
                 next_q = next_q - alpha * next_log_prob
-            target = batch.reward + cfg.gamma * batch.not_done * next_q
+            target = batch.reward + batch.discount * next_q
 
         embedding = agent.critic.embed(features, state)
         q = agent.critic.q(embedding, batch.action.expand(n, -1, -1))  # [N, 2, B]
@@ -125,27 +137,36 @@ class EnsembleSAC:
             "q_target": target.mean().item(),
         }
         # The critic step does not touch the actor, so its output at s serves both steps.
-        mean, log_std = agent.actor(features.detach(), state)
+        mean, log_std = agent.actor(features if clone_data else features.detach(), state)
         loss = critic_loss
         if self.cql is not None:
             policy_at_s = (mean.detach(), log_std.detach())
             gap, cql_metrics = cql_gap(agent.critic, embedding, q, policy_at_s, next_policy, self.cql)
             metrics.update(cql_metrics)
             loss = loss + self._cql_loss(gap, metrics)
+        if clone_data:  # one backward pass: the cloning loss reaches the encoder with the critic's
+            actor_loss = (torch.tanh(mean) - batch.action).square().mean(dim=(-2, -1)).sum()
+            loss = loss + actor_loss
+            self.actor_optimizer.zero_grad(set_to_none=True)
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_optimizer.step()
 
-        action, log_prob = self._sample(mean, log_std)
-        agent.critic.requires_grad_(False)
-        q_policy = agent.critic(features.detach(), state, action).min(dim=1).values  # [N, B]
-        agent.critic.requires_grad_(True)
-        if self.policy_mode == "mixture":
-            q_policy = q_policy.mean(dim=0, keepdim=True)  # the ensemble's Q: mean over members
-        actor_loss = (alpha * log_prob - q_policy).mean(dim=-1).sum()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_optimizer.step()
+        if clone_data:
+            self.actor_optimizer.step()
+            with torch.no_grad():
+                action, log_prob = self._sample(mean, log_std)
+        else:
+            action, log_prob = self._sample(mean, log_std)
+            agent.critic.requires_grad_(False)
+            q_policy = agent.critic(features.detach(), state, action).min(dim=1).values  # [N, B]
+            agent.critic.requires_grad_(True)
+            if self.policy_mode == "mixture":
+                q_policy = q_policy.mean(dim=0, keepdim=True)  # the ensemble's Q: mean over members
+            actor_loss = (alpha * log_prob - q_policy).mean(dim=-1).sum()
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_optimizer.step()
 
         alpha_loss = -(self.log_alpha.unsqueeze(-1) * (log_prob.detach() + self.target_entropy)).mean(dim=-1).sum()
         self.alpha_optimizer.zero_grad(set_to_none=True)
