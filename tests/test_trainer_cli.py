@@ -15,6 +15,7 @@ from robot_node.dataset import DatasetError
 from robot_node.policy import load_policy_file
 from trainer.checkpoint import read_checkpoint
 from trainer.cli import main
+from trainer.config import FinetuneConfig, PretrainConfig
 from trainer.metrics import read_metrics
 from trainer.offline_data import load_offline
 
@@ -216,3 +217,34 @@ def test_unavailable_or_unknown_devices_are_user_errors(dataset, tmp_path, capsy
 def test_finetune_refuses_bad_environments_and_missing_data(tmp_path, capsys, flags, message):
     assert main(["finetune-local", *flags, "--out", str(tmp_path / "run"), "--steps", "1"]) == 2
     assert message in capsys.readouterr().err
+
+
+def _parsed(cls, flags: list[str]):
+    from trainer.cli import build_parser
+    from trainer.config import config_from_args
+
+    command = "pretrain" if cls is PretrainConfig else "finetune-local"
+    return config_from_args(cls, build_parser().parse_args([command, *flags]))[0]
+
+
+def test_one_nested_flag_keeps_the_commands_other_nested_defaults():
+    # Pretraining's SACConfig differs from the class's own defaults (no entropy in the backup,
+    # actor lr 1e-4); setting gamma must not put them back.
+    config = _parsed(PretrainConfig, ["--gamma", "0.9"])
+    assert config.sac.gamma == 0.9
+    assert config.sac.backup_entropy is False and config.sac.actor_lr == PretrainConfig().sac.actor_lr
+
+
+def test_presets_are_defaults_that_flags_override(dataset, tmp_path):
+    paper, cpu = _parsed(PretrainConfig, []), _parsed(PretrainConfig, ["--preset", "cpu"])
+    assert (paper.network.ensemble_size, paper.member_batches, paper.sac.n_step) == (5, "independent", 1)
+    assert (cpu.network.ensemble_size, cpu.member_batches, cpu.sac.n_step, cpu.bc_steps) == (2, "shared", 3, 2000)
+    tuned = _parsed(PretrainConfig, ["--preset", "cpu", "--ensemble-size", "3", "--n-step", "1"])
+    assert (tuned.network.ensemble_size, tuned.network.hidden_dim, tuned.sac.n_step) == (3, 128, 1)
+    assert _parsed(FinetuneConfig, ["--preset", "cpu"]).learner.batch_size == 128
+
+    run = tmp_path / "run"
+    flags = ["--preset", "cpu", "--steps", "2", "--bc-steps", "1", "--eval-every", "0", *SMALL]
+    assert main(["pretrain", "--data", str(dataset), "--out", str(run), *flags]) == 0
+    written = json.loads((run / "config.json").read_text())
+    assert (written["preset"], written["bc_steps"], written["sac"]["n_step"]) == ("cpu", 1, 3)

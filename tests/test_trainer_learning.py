@@ -16,7 +16,7 @@ def test_pretraining_then_fine_tuning_improves_return(tmp_path):
     pre, fine = tmp_path / "pre", tmp_path / "fine"
     assert (
         main(
-            ["pretrain", "--data", str(data), "--out", str(pre), "--steps", "500", "--bc-steps", "100", *SMALL, *FAST]
+            ["pretrain", "--data", str(data), "--out", str(pre), "--steps", "200", *SMALL, *FAST]
         )
         == 0
     )
@@ -25,7 +25,7 @@ def test_pretraining_then_fine_tuning_improves_return(tmp_path):
     assert main(["finetune-local", *args, *FAST]) == 0
     summary = json.loads((fine / "summary.json").read_text())
     before, after = summary["initial"]["eval/return"], summary["final"]["eval/return"]
-    assert after >= before + 3.0, summary  # returns lie in [0, 20]; before is about 0.5, after 8-12
+    assert after >= before + 3.0, summary  # returns lie in [0, 20]; before is about 0.5, after about 15
     # Episodes end every 20 steps, so the 200th transition completes at env step 200 and
     # one update follows every step from there on.
     assert summary["replay"]["transitions"] == 1000 and summary["updates"] == 801

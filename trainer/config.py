@@ -27,13 +27,6 @@ from trainer.sac import SACConfig
 _THREADS_HELP = "CPU threads for torch; 0: torch's default. Where other processes share the cores, 1 is fastest"
 
 
-# The commands' defaults are the CPU recipe that learns PickPlace from pixels on 2 cores in
-# about 10 minutes (README, "Learning PickPlace on a CPU"): 2 members, hidden width 128, one
-# minibatch of 64 shared by the members, 3-step returns, 2,000 cloning steps, the CQL
-# reference's actor learning rate. The paper's settings stay one flag each away (README).
-CPU_NETWORK = NetworkConfig(ensemble_size=2, hidden_dim=128)
-
-
 @dataclass(frozen=True)
 class PretrainConfig:
     """Offline pretraining of N CQL agents on an episode dataset."""
@@ -41,19 +34,22 @@ class PretrainConfig:
     data: str = field(default="", metadata={"help": "offline dataset directory (o2o_rl/episodes)"})
     out: str = field(default="", metadata={"help": "run directory for checkpoints, metrics and config"})
     steps: int = field(default=5_000, metadata={"help": "gradient steps"})
-    batch_size: int = field(default=64, metadata={"help": "transitions per member per step"})
+    batch_size: int = field(default=256, metadata={"help": "transitions per member per step"})
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
     threads: int = field(default=0, metadata={"help": _THREADS_HELP})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint"})
+    preset: str = field(
+        default="paper", metadata={"help": "paper | cpu: the defaults that the other flags override (README)"}
+    )
     member_batches: str = field(
-        default="shared",
+        default="independent",
         metadata={"help": "independent (own minibatch per member, as the paper) | shared (N× fewer images to encode)"},
     )
     log_every: int = 50
     checkpoint_every: int = 1_000
     bc_steps: int = field(
-        default=2_000,
+        default=0,
         metadata={
             "help": "first steps in which the actors regress the data's actions, training the encoder with "
             "the critics, before CQL's actor loss takes over (the CQL reference's policy_eval_start, with the "
@@ -68,11 +64,11 @@ class PretrainConfig:
     env_kwargs: str = field(
         default="", metadata={"help": 'JSON keyword arguments for the evaluation env, e.g. {"image_size": 84}'}
     )
-    network: NetworkConfig = CPU_NETWORK
+    network: NetworkConfig = NetworkConfig()
     # The CQL reference backs up no entropy (its deterministic_backup=True): with a sparse 0/1
     # reward, -α log π summed over the horizon outweighs the reward and drives Q negative. Its
     # actor learning rate is 1e-4: after cloning, 3e-4 lost the cloned policy's successes.
-    sac: SACConfig = SACConfig(backup_entropy=False, n_step=3, actor_lr=1e-4)
+    sac: SACConfig = SACConfig(backup_entropy=False, actor_lr=1e-4)
     cql: CQLConfig = CQLConfig()
 
     def __post_init__(self) -> None:
@@ -97,15 +93,51 @@ class FinetuneConfig:
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
     threads: int = field(default=0, metadata={"help": _THREADS_HELP})
+    preset: str = field(
+        default="paper", metadata={"help": "paper | cpu: the defaults that the other flags override (README)"}
+    )
     updates_per_step: int = 1
     eval_every: int = field(default=1_000, metadata={"help": "environment steps between deterministic evaluations"})
     eval_episodes: int = 10
     log_every: int = 50
     checkpoint_every: int = 1_000
-    learner: LearnerConfig = LearnerConfig(batch_size=128, ratio_batch_size=128, warmup=400)
+    learner: LearnerConfig = LearnerConfig()
     replay: ReplayConfig = ReplayConfig()
-    network: NetworkConfig = field(default=CPU_NETWORK, metadata={"help": "used from scratch; --init brings its own"})
-    sac: SACConfig = SACConfig(n_step=3)
+    network: NetworkConfig = field(
+        default=NetworkConfig(), metadata={"help": "used from scratch; --init brings its own"}
+    )
+    sac: SACConfig = SACConfig()
+
+
+# Presets are whole configs that the command-line flags then override. `paper` (the default)
+# follows the paper and the CQL reference: 5 members with their own minibatches of 256, hidden
+# width 256, one-step targets. `cpu` is the recipe that learned PickPlace from pixels on a
+# 2-core CPU (README, "Learning PickPlace on a CPU"): 2 members, hidden width 128, one minibatch
+# of 64 shared by the members, 3-step returns and 2,000 cloning steps that also train the
+# encoder; fine-tuning with batches of 128 after 400 warm-up steps.
+_CPU_NETWORK = NetworkConfig(ensemble_size=2, hidden_dim=128)
+PRESETS: dict[type, dict[str, Any]] = {
+    PretrainConfig: {
+        "paper": PretrainConfig(),
+        "cpu": PretrainConfig(
+            preset="cpu",
+            batch_size=64,
+            member_batches="shared",
+            bc_steps=2_000,
+            network=_CPU_NETWORK,
+            sac=dataclasses.replace(PretrainConfig().sac, n_step=3),
+        ),
+    },
+    FinetuneConfig: {
+        "paper": FinetuneConfig(),
+        "cpu": FinetuneConfig(
+            preset="cpu",
+            learner=LearnerConfig(batch_size=128, ratio_batch_size=128, warmup=400),
+            network=_CPU_NETWORK,
+            sac=SACConfig(n_step=3),
+        ),
+    },
+}
 
 
 # Flags whose field names would clash or read badly when flattened.
@@ -127,6 +159,8 @@ _CHOICES = {
     ("NetworkConfig", "encoder"): ("shared", "per_member"),
     ("PretrainConfig", "member_batches"): ("independent", "shared"),
     ("LearnerConfig", "strategy"): STRATEGIES,
+    ("PretrainConfig", "preset"): tuple(PRESETS[PretrainConfig]),
+    ("FinetuneConfig", "preset"): tuple(PRESETS[FinetuneConfig]),
 }
 
 
@@ -201,8 +235,8 @@ def _show(value: Any) -> str:
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> tuple[Any, set[str]]:
-    """Build `cls` from the defaults and the flags given; returns the config and the dotted
-    names of the fields set on the command line."""
+    """Build `cls` from a preset and the flags given; returns the config and the dotted names
+    of the fields set on the command line."""
     given = {k: v for k, v in vars(args).items() if "." in k or k in {f.name for f in dataclasses.fields(cls)}}
     nested: dict[str, Any] = {}
     for dotted, value in given.items():
@@ -211,15 +245,17 @@ def config_from_args(cls: type, args: argparse.Namespace) -> tuple[Any, set[str]
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return _build(cls, nested), set(given)
+    return _override(PRESETS[cls][nested.get("preset", "paper")], nested), set(given)
 
 
-def _build(cls: type, values: dict[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in values.items():
-        kwargs[name] = _build(hints[name], value) if dataclasses.is_dataclass(hints[name]) else value
-    return cls(**kwargs)
+def _override(config: Any, values: dict[str, Any]) -> Any:
+    """`config` with `values` replaced; a nested config keeps the fields not given (a preset's
+    or a command's own defaults, such as pretraining's SACConfig, survive one flag)."""
+    changes = {
+        name: _override(getattr(config, name), value) if isinstance(value, dict) else value
+        for name, value in values.items()
+    }
+    return dataclasses.replace(config, **changes)
 
 
 def write_config(run_dir: Path, config: Any, device: torch.device, **resolved: Any) -> None:
