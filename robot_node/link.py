@@ -29,7 +29,7 @@ from robot_node.counters import Counters, Refusals
 from robot_node.keys import HANDSHAKE_FAILED, KeyFileError, failed_handshakes, load_keypair, load_public
 from robot_node.link_interface import LinkStatus, PolicyWeights, Transition
 from robot_node.spec import ActionSpec, ObservationSpec
-from robot_node.record_log import RecordFormatError
+from robot_node.record_log import LogInUseError, RecordFormatError
 from robot_node.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,8 @@ class ZmqTrainerLink:
         self._weights_in = wire.WeightsReceiver(config.limits)
         try:
             self._spool = Spool(config.spool_dir, max_bytes=config.spool_max_bytes, sync=config.spool_sync)
-        except RecordFormatError as exc:
-            raise LinkConfigError(str(exc)) from None
+        except (RecordFormatError, LogInUseError) as exc:
+            raise LinkConfigError(f"spool_dir: {exc}") from None
         self.counters.set("backlog", len(self._spool))
         # Link-thread state.
         self._held_version = config.weights_version

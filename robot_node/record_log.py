@@ -10,6 +10,7 @@ Whole segments are the unit of deletion, which keeps disk use bounded without co
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -25,6 +26,7 @@ FRAME = struct.Struct("<II")  # payload length, crc32 of the payload
 HEAD = struct.Struct("<BI")  # a blob record's format and the length of its msgpack head
 BLOB_FORMAT = 1
 SEGMENT_SUFFIX = ".log"
+LOCK_NAME = "LOCK"  # held (flock) by the process that has the log open; the kernel frees it when that process dies
 IOV_MAX = 1024  # parts per writev call (POSIX guarantees at least 16; Linux allows 1024)
 
 Record = Sequence[bytes]  # a record's payload is the concatenation of its parts
@@ -34,6 +36,10 @@ log = logging.getLogger(__name__)
 
 class RecordFormatError(ValueError):
     """A record this version does not read (written by another version): refused, not misread."""
+
+
+class LogInUseError(OSError):
+    """Another process has the log open: two writers would interleave their records."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class SegmentLog:
     def __init__(self, directory: str | os.PathLike[str], *, segment_bytes: int, sync: bool = False) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(self.directory / LOCK_NAME)
         self.segment_bytes = segment_bytes
         self.sync = sync  # fsync after every append: survives power loss, not only a killed process
         self._sizes = {}
@@ -132,6 +139,9 @@ class SegmentLog:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     def _open(self, segment: int) -> None:
         self._fds[segment] = os.open(self._path(segment), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
@@ -178,3 +188,17 @@ def read_blob_record(payload: bytes) -> tuple[Any, list[bytes]]:
         blobs.append(payload[offset : offset + length])
         offset += length
     return head, blobs
+
+
+def _lock(path: Path) -> int:
+    """An exclusive lock on `path`, holding the owner's pid, or LogInUseError naming the owner."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LogInUseError(f"{path.parent} is already in use by pid {owner}; give each robot and each trainer its own directory") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

@@ -33,7 +33,7 @@ class Spool:
     def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int = 1 << 30, sync: bool = False, recent_bytes: int = RECENT_BYTES) -> None:
         self.max_bytes = max_bytes
         self.recent_bytes = recent_bytes
-        self._log = SegmentLog(directory, segment_bytes=max(1 << 16, max_bytes // SEGMENTS), sync=sync)
+        self._log = SegmentLog(directory, segment_bytes=max(1 << 16, max_bytes // SEGMENTS), sync=sync)  # or LogInUseError
         self._unacked: dict[int, Location] = {}  # in sequence order
         self._recent: dict[int, EncodedTransition] = {}  # appended, not yet sent: in sequence order
         self._recent_size = 0
@@ -43,6 +43,7 @@ class Spool:
         for location, payload in self._log.replay():
             if payload[:1] == TRANSITION:
                 if not is_blob_record(payload[1 + SEQ.size :]):
+                    self._log.close()
                     raise RecordFormatError(f"spool {directory}: a transition in a format this version does not read (written by another version of o2o_rl?); move the spool aside")
                 (seq,) = SEQ.unpack_from(payload, 1)
                 self._unacked[seq] = location

@@ -1,12 +1,15 @@
 """Processes killed with kill -9 mid-stream: nothing acknowledged or spooled is lost or stored twice."""
 
+import re
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from robot_node.dataset import open_dataset
-from robot_node.link import ZmqTrainerLink
+from robot_node.link import LinkConfigError, ZmqTrainerLink
 from robot_node.spool import Spool
 from link_helpers import (
     ACT, EPISODE_STEPS, FAST, OBS, check_episode, make_keys, robot_config, start_robot, start_trainer, stored_steps, stream,
@@ -92,3 +95,24 @@ def test_robot_killed_mid_stream_delivers_its_spool_after_a_restart(tmp_path):
     complete = spooled // EPISODE_STEPS
     assert stored_steps(tmp_path / "storage" / "dataset") == {divmod(i, EPISODE_STEPS): 1 for i in range(complete * EPISODE_STEPS)}
     assert server.store.counters["pending_episodes"] == (1 if spooled % EPISODE_STEPS else 0)
+
+
+def test_a_spool_or_storage_held_by_a_running_process_is_refused_in_one_line(tmp_path):
+    like = template_dataset(tmp_path / "like")
+    robot = start_robot("tcp://127.0.0.1:1", tmp_path / "spool", None, tmp_path / "robot.log", start=0, count=0, rate=1)
+    trainer, _ = start_trainer(tmp_path / "storage", like, None, tmp_path / "trainer.log")
+    try:
+        robot.wait_line("robot started")
+        with pytest.raises(LinkConfigError, match=rf"^spool_dir: .*spool is already in use by pid {robot.proc.pid};"):
+            ZmqTrainerLink(robot_config("tcp://127.0.0.1:1", tmp_path / "spool", keys=None))
+        second = subprocess.run(
+            [sys.executable, "-m", "trainer.link", "--storage", str(tmp_path / "storage"), "--like", str(like), "--insecure"],
+            capture_output=True, text=True, timeout=DEADLINE_S,
+        )
+        assert second.returncode == 2
+        assert re.fullmatch(rf"trainer\.link: .*storage/done is already in use by pid {trainer.proc.pid}; .*\n", second.stderr)
+        robot.kill()  # kill -9: the kernel releases the lock with the process
+    finally:
+        robot.stop()
+        trainer.stop()
+    Spool(tmp_path / "spool").close()

@@ -281,7 +281,9 @@ def test_spool_sends_its_newest_transitions_from_memory_and_older_ones_from_disk
 
 
 def test_a_spool_in_a_format_this_version_does_not_read_is_refused_with_a_clear_error(tmp_path):
-    SegmentLog(tmp_path / "spool", segment_bytes=1 << 20).append([[b"T" + bytes(8) + msgpack.packb([{"step": 0}, [b"png"]])]])  # the previous format
+    old = SegmentLog(tmp_path / "spool", segment_bytes=1 << 20)
+    old.append([[b"T" + bytes(8) + msgpack.packb([{"step": 0}, [b"png"]])]])  # the previous format
+    old.close()
     with pytest.raises(RecordFormatError, match="move the spool aside"):
         Spool(tmp_path / "spool")
     with pytest.raises(LinkConfigError, match="move the spool aside"):  # the node reports it in one line

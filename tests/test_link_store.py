@@ -1,13 +1,14 @@
 """The trainer's transition store: exactly-once storage across duplicates and restarts."""
 
 import json
+import os
 
 import msgpack
 import numpy as np
 import pytest
 
 from robot_node.dataset import open_dataset
-from robot_node.record_log import SegmentLog
+from robot_node.record_log import LogInUseError, SegmentLog
 from robot_node.spec import ObservationSpec
 from link_helpers import ACT, EPISODE_STEPS, OBS, check_episode, decoded, stored_steps, stream, transition, wait_for
 from trainer.transition_store import StoreError, TransitionStore
@@ -145,6 +146,20 @@ def test_a_log_in_a_format_this_version_does_not_read_is_refused_with_a_clear_er
     store = open_store(tmp_path)
     add(store, "robot1", decoded(stream(3)))
     store.close()
-    SegmentLog(tmp_path / "wal", segment_bytes=1 << 20).append([[msgpack.packb(["robot1", "png", {"episode": "e"}, [b"png"]])]])  # the previous format
+    old = SegmentLog(tmp_path / "wal", segment_bytes=1 << 20)
+    old.append([[msgpack.packb(["robot1", "png", {"episode": "e"}, [b"png"]])]])  # the previous format
+    old.close()
     with pytest.raises(StoreError, match="format this version does not read"):
         open_store(tmp_path)
+
+
+def test_a_second_store_on_the_same_storage_is_refused_and_the_first_keeps_working(tmp_path):
+    store = open_store(tmp_path)
+    add(store, "robot1", decoded(stream(EPISODE_STEPS)))
+    with pytest.raises(LogInUseError, match=f"already in use by pid {os.getpid()}"):
+        open_store(tmp_path)
+    add(store, "robot1", decoded(stream(EPISODE_STEPS, start=EPISODE_STEPS), first_seq=EPISODE_STEPS))
+    written(store, 2)
+    store.close()
+    open_store(tmp_path).close()  # the lock went with the first store
+    assert stored_steps(tmp_path / "dataset") == {(e, s): 1 for e in range(2) for s in range(EPISODE_STEPS)}

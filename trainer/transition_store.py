@@ -84,17 +84,23 @@ class TransitionStore:
         self.abandon_after_s = abandon_after_s
         self.on_episode = on_episode
         self.counters = Counters(("stored", "duplicates", "episodes_written", "episodes_salvaged", "episodes_refused", "pending_episodes"))
-        self._writer = self._open_dataset(task, env_id, max_episode_steps)
+        # The logs first: each holds its directory's lock, so a second trainer on this storage
+        # stops here (LogInUseError) before it touches the dataset.
+        self._done_log = SegmentLog(self.root / "done", segment_bytes=1 << 40, sync=sync)
+        try:
+            self._wal = SegmentLog(self.root / "wal", segment_bytes=wal_segment_bytes, sync=sync)
+        except OSError:
+            self._done_log.close()
+            raise
         self._lock = threading.Lock()
         self._pending: dict[EpisodeKey, _Pending] = {}
         self._writing: set[EpisodeKey] = set()
         self._done: set[EpisodeKey] = set()
         self._segment_episodes: dict[int, set[EpisodeKey]] = {}
-        self._done_log = SegmentLog(self.root / "done", segment_bytes=1 << 40, sync=sync)
-        self._wal = SegmentLog(self.root / "wal", segment_bytes=wal_segment_bytes, sync=sync)
         try:
+            self._writer = self._open_dataset(task, env_id, max_episode_steps)
             self._recover()
-        except StoreError:
+        except (StoreError, DatasetError, OSError):
             self._wal.close()
             self._done_log.close()
             raise
