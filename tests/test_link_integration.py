@@ -371,3 +371,26 @@ def test_a_silent_robot_is_detected_by_the_trainer_and_welcomed_back(tmp_path, k
     assert lost_after <= FAST["peer_timeout_s"] + 1.0
     assert server.counters["robots_lost"] == 1 and "robot robot1 lost" in caplog.text
     wait_for(lambda: "robot1" in server.status()["robots"], DEADLINE_S, "the robot back")
+
+
+def test_a_robot_key_added_to_the_allow_list_is_let_in_without_a_restart(tmp_path, keys, cleanup, caplog):
+    generate("robot3", keys)  # not allowed yet
+    server = open_server(tmp_path, keys, cleanup)
+    newcomer = open_robot(server, tmp_path, keys, cleanup, "robot3")
+    for t in stream(EPISODE_STEPS):
+        newcomer.submit(t)
+    wait_for(lambda: newcomer.status().counters["handshake_failures"] >= 1, DEADLINE_S, "robot3 refused at first")
+
+    caplog.set_level(logging.INFO, logger="trainer.link")
+    (keys / "allow" / "robot3.key").write_bytes((keys / "robot3.key").read_bytes())
+    wait_for(lambda: newcomer.status().counters["acked"] == EPISODE_STEPS, DEADLINE_S, "robot3's transitions acknowledged")
+    assert newcomer.status().connected
+    assert any("reloaded: 3 robot keys (added: robot3.key; removed: none)" in r.getMessage() for r in caplog.records)
+    assert server.store.counters["stored"] == EPISODE_STEPS
+
+    newcomer.close()  # revoked: refused from its next connection on
+    (keys / "allow" / "robot3.key").unlink()
+    wait_for(lambda: any("removed: robot3.key" in r.getMessage() for r in caplog.records), DEADLINE_S, "the allow-list reloaded")
+    again = open_robot(server, tmp_path, keys, cleanup, "robot3")
+    wait_for(lambda: again.status().counters["handshake_failures"] >= 1, DEADLINE_S, "robot3 refused after revocation")
+    assert not again.status().connected

@@ -85,6 +85,7 @@ class TrainerServer:
         self._weights: tuple[PolicyWeights, list[list[bytes]]] | None = None
         self._context = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
+        self._allowed: dict[str, float] | None = None  # the allow-list as loaded: key file name -> mtime
         try:
             self._socket = self._bind()
         except Exception:
@@ -141,7 +142,7 @@ class TrainerServer:
             public, secret, allow_dir = keys
             self._auth = ThreadAuthenticator(self._context, log=logging.getLogger("trainer.link.auth"))
             self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(allow_dir))
+            self._load_allow_list(allow_dir)
             sock.curve_server = True
             sock.curve_publickey, sock.curve_secretkey = public, secret
         try:
@@ -175,6 +176,8 @@ class TrainerServer:
                 self._send_weights()
                 if now - last_housekeeping > HOUSEKEEPING_S:
                     self.store.housekeeping()
+                    if self._auth is not None:
+                        self._load_allow_list(Path(self.config.allow_dir))
                     last_housekeeping = now
                 if now - last_report > self.config.report_every_s:
                     stored = self.store.counters["stored"]
@@ -321,6 +324,19 @@ class TrainerServer:
             "link: %s; stored %d (duplicates %d, refused %d), episodes written %d, pending %d",
             now, c["stored"], c["duplicates"], c["refused"], c["episodes_written"], c["pending_episodes"],
         )
+
+    def _load_allow_list(self, allow_dir: Path) -> None:
+        """(Re)load the robots' public keys when the directory's key files changed, so a robot is
+        added or revoked without restarting the trainer. The authenticator checks keys at each
+        handshake: a revoked robot that is connected stays so until it reconnects."""
+        allowed = {path.name: path.stat().st_mtime for path in allow_dir.glob("*.key")}
+        if allowed == self._allowed:
+            return
+        self._auth.configure_curve(domain="*", location=str(allow_dir))
+        if self._allowed is not None:
+            added, removed = sorted(allowed.keys() - self._allowed.keys()), sorted(self._allowed.keys() - allowed.keys())
+            log.info("allow-list %s reloaded: %d robot keys (added: %s; removed: %s)", allow_dir, len(allowed), ", ".join(added) or "none", ", ".join(removed) or "none")
+        self._allowed = allowed
 
     def _shutdown_zmq(self) -> None:
         if self._auth is not None:
