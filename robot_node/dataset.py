@@ -99,9 +99,11 @@ class EpisodeRecord:
     success: bool
     source: str  # who acted: "scripted", "random", "robot", "policy", ...
     seed: int | None = None
+    robot_id: str | None = None  # recorded on a robot: which one, and its episode id there
+    episode_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        line = {
             "file": self.file,
             "length": self.length,
             "return": self.episode_return,
@@ -109,6 +111,9 @@ class EpisodeRecord:
             "source": self.source,
             "seed": self.seed,
         }
+        if self.robot_id is not None:
+            line.update(robot_id=self.robot_id, episode_id=self.episode_id)
+        return line
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpisodeRecord:
@@ -119,6 +124,8 @@ class EpisodeRecord:
             success=bool(data["success"]),
             source=str(data["source"]),
             seed=None if data.get("seed") is None else int(data["seed"]),
+            robot_id=None if data.get("robot_id") is None else str(data["robot_id"]),
+            episode_id=None if data.get("episode_id") is None else str(data["episode_id"]),
         )
 
 
@@ -253,7 +260,16 @@ class DatasetWriter:
         writer.dataset = open_dataset(root)
         return writer
 
-    def add(self, episode: Episode, *, source: str, success: bool, seed: int | None = None) -> EpisodeRecord:
+    def add(
+        self,
+        episode: Episode,
+        *,
+        source: str,
+        success: bool,
+        seed: int | None = None,
+        robot_id: str | None = None,
+        episode_id: str | None = None,
+    ) -> EpisodeRecord:
         episode.validate(self.dataset.observation_spec, self.dataset.action_spec)
         name = f"{EPISODE_DIR}/episode_{len(self.dataset.records):06d}.npz"
         buffer = io.BytesIO()
@@ -266,6 +282,8 @@ class DatasetWriter:
             success=bool(success),
             source=source,
             seed=seed,
+            robot_id=robot_id,
+            episode_id=episode_id,
         )
         self.dataset.records.append(record)
         self._write_manifest()

@@ -54,6 +54,10 @@ def test_duplicates_are_acknowledged_but_stored_once(tmp_path):
     assert len(seen) == 1 and seen[0].source == "robot" and seen[0].success  # episode 0 ends with reward 1
     manifest = json.loads((tmp_path / "dataset" / "manifest.json").read_text())
     assert manifest["counts"]["episodes"] == 1
+    line = manifest["episodes"][0]
+    assert (line["robot_id"], line["episode_id"]) == ("robot1", items[0].transition.episode_id)
+    assert (seen[0].robot_id, seen[0].episode_id) == ("robot1", items[0].transition.episode_id)
+    assert seen[0] == open_dataset(tmp_path / "dataset").records[0]  # and read back as written
 
 
 def test_same_episode_id_from_two_robots_are_two_episodes(tmp_path):

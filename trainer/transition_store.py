@@ -265,7 +265,7 @@ class TransitionStore:
             return
         self._finish(key, len(self._writer.dataset))  # intent first: a crash from here on is redone
         success = bool(episode.terminals[-1] and episode.rewards[-1] > 0)
-        record = self._writer.add(episode, source="robot", success=success)
+        record = self._writer.add(episode, source="robot", success=success, robot_id=key[0], episode_id=key[1])
         self.counters.inc("episodes_written")
         if self.on_episode is not None:
             try:
