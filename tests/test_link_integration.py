@@ -389,8 +389,19 @@ def test_a_robot_key_added_to_the_allow_list_is_let_in_without_a_restart(tmp_pat
     assert server.store.counters["stored"] == EPISODE_STEPS
 
     newcomer.close()  # revoked: refused from its next connection on
+    (keys / "allow" / "junk.key").write_text("not a key\n")  # a file that does not read keeps the old keys in force
     (keys / "allow" / "robot3.key").unlink()
+    wait_for(lambda: any("previous keys stay in force: No public key found" in r.getMessage() for r in caplog.records), DEADLINE_S, "a warning")
+    (keys / "allow" / "junk.key").unlink()
     wait_for(lambda: any("removed: robot3.key" in r.getMessage() for r in caplog.records), DEADLINE_S, "the allow-list reloaded")
     again = open_robot(server, tmp_path, keys, cleanup, "robot3")
     wait_for(lambda: again.status().counters["handshake_failures"] >= 1, DEADLINE_S, "robot3 refused after revocation")
     assert not again.status().connected
+
+
+def test_an_allow_list_with_a_file_that_is_not_a_key_stops_the_trainer_at_start_up(tmp_path, keys):
+    (keys / "allow" / "notes.key").write_text("robot1 is the arm by the window\n")
+    store = TransitionStore(tmp_path / "storage", observation_spec=OBS, action_spec=ACT, task="t", env_id="e", max_episode_steps=EPISODE_STEPS, sync=False)
+    with pytest.raises(ServerConfigError, match=r"allow-list .*allow: No public key found in .*notes\.key"):
+        TrainerServer(ServerConfig(bind="tcp://127.0.0.1:0", secret_key=str(keys / "trainer.key_secret"), allow_dir=str(keys / "allow")), store)
+    store.close()

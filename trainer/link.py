@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.auth import load_certificate
 from zmq.auth.thread import ThreadAuthenticator
 
 from robot_node import protocol as wire
@@ -35,6 +36,7 @@ from robot_node.counters import Counters, Refusals
 from robot_node.dataset import DatasetError, open_dataset
 from robot_node.keys import HANDSHAKE_FAILED, KeyFileError, failed_handshakes, load_keypair
 from robot_node.link_interface import PolicyWeights
+from robot_node.throttled_log import ThrottledLog
 from trainer.transition_store import StoreError, TransitionStore
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class TrainerServer:
         self.session = secrets.token_hex(8)
         self.counters = Counters(("robots_connected", "robots_lost", "unknown_peer", "send_dropped", "weights_sent", "deferred", "internal_errors"))
         self._refusals = Refusals(self.counters, log)
+        self._warn = ThrottledLog(log, 10.0)
         self._robots: dict[bytes, _Robot] = {}  # by ZeroMQ routing id
         self._deferred: collections.deque[tuple[bytes, wire.Message]] = collections.deque()
         self._weights_lock = threading.Lock()
@@ -142,7 +145,7 @@ class TrainerServer:
             public, secret, allow_dir = keys
             self._auth = ThreadAuthenticator(self._context, log=logging.getLogger("trainer.link.auth"))
             self._auth.start()
-            self._load_allow_list(allow_dir)
+            self._load_allow_list(allow_dir, at_start=True)
             sock.curve_server = True
             sock.curve_publickey, sock.curve_secretkey = public, secret
         try:
@@ -325,18 +328,27 @@ class TrainerServer:
             now, c["stored"], c["duplicates"], c["refused"], c["episodes_written"], c["pending_episodes"],
         )
 
-    def _load_allow_list(self, allow_dir: Path) -> None:
+    def _load_allow_list(self, allow_dir: Path, *, at_start: bool = False) -> None:
         """(Re)load the robots' public keys when the directory's key files changed, so a robot is
         added or revoked without restarting the trainer. The authenticator checks keys at each
-        handshake: a revoked robot that is connected stays so until it reconnects."""
-        allowed = {path.name: path.stat().st_mtime for path in allow_dir.glob("*.key")}
-        if allowed == self._allowed:
+        handshake: a revoked robot that is connected stays so until it reconnects. A file that
+        does not read (half copied, not a key) keeps the previous keys in force, with a warning,
+        and is tried again at the next housekeeping."""
+        try:
+            files = {path.name: path.stat().st_mtime for path in allow_dir.glob("*.key")}
+            if files == self._allowed:
+                return
+            keys = {load_certificate(allow_dir / name)[0]: True for name in files}
+        except (OSError, ValueError) as exc:
+            if at_start:
+                raise ServerConfigError(f"allow-list {allow_dir}: {exc}") from None
+            self._warn.warning("allow_list", f"allow-list {allow_dir} not reloaded, the previous keys stay in force: {exc}")
             return
-        self._auth.configure_curve(domain="*", location=str(allow_dir))
+        self._auth.certs["*"] = keys  # one assignment: the ZAP thread sees the old set or the new one
         if self._allowed is not None:
-            added, removed = sorted(allowed.keys() - self._allowed.keys()), sorted(self._allowed.keys() - allowed.keys())
-            log.info("allow-list %s reloaded: %d robot keys (added: %s; removed: %s)", allow_dir, len(allowed), ", ".join(added) or "none", ", ".join(removed) or "none")
-        self._allowed = allowed
+            added, removed = sorted(files.keys() - self._allowed.keys()), sorted(self._allowed.keys() - files.keys())
+            log.info("allow-list %s reloaded: %d robot keys (added: %s; removed: %s)", allow_dir, len(files), ", ".join(added) or "none", ", ".join(removed) or "none")
+        self._allowed = files
 
     def _shutdown_zmq(self) -> None:
         if self._auth is not None:
