@@ -132,7 +132,23 @@ def test_pretraining_resumes_from_its_checkpoint_and_refuses_to_overwrite(datase
     assert metrics["critic_loss"][0] == [5, 10, 15, 20]
     assert metrics["eval/success_rate"][0] == [10, 20]  # every run ends with an evaluation in the dataset's env
     assert main([*args, "--steps", "30", "--resume", "--hidden-dim", "64"]) == 2
-    assert "network flags differ" in capsys.readouterr().err
+    assert "network.hidden_dim cannot change when resuming" in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_its_settings_unless_flags_override_them(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(dataset), "--out", str(run), "--eval-every", "0"]
+    flags = [*SMALL, "--preset", "cpu", "--bc-steps", "5", "--n-step", "2", "--gamma", "0.9"]
+    assert main([*args, *flags, "--steps", "4"]) == 0
+    assert main([*args, "--resume", "--steps", "8", "--batch-size", "16"]) == 0  # no shape flags needed
+    resumed = json.loads((run / "config.json").read_text())
+    assert (resumed["preset"], resumed["bc_steps"], resumed["sac"]["n_step"], resumed["sac"]["gamma"]) == ("cpu", 5, 2, 0.9)
+    assert (resumed["steps"], resumed["batch_size"], resumed["network"]["hidden_dim"]) == (8, 16, 32)
+    assert read_checkpoint(run)["step"] == 8
+    assert main([*args, "--resume", "--steps", "9", "--actor-lr", "1e-3"]) == 2
+    assert "sac.actor_lr cannot change when resuming" in capsys.readouterr().err
+    assert main([*args, "--resume", "--steps", "9", "--preset", "paper"]) == 2
+    assert "a resumed run keeps those in its config.json" in capsys.readouterr().err
 
 
 def test_pretraining_evaluates_in_the_datasets_env_or_says_how_to_do_without(dataset, tmp_path, capsys):

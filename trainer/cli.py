@@ -7,13 +7,14 @@ naming the problem; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 from robot_node.dataset import DatasetError
 from robot_node.spec import SpecError
 from trainer.checkpoint import RunError
-from trainer.config import FinetuneConfig, PretrainConfig, add_config_flags, config_from_args
+from trainer.config import FinetuneConfig, PretrainConfig, add_config_flags, config_from_args, read_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,9 +69,35 @@ def main(argv: list[str] | None = None) -> int:
 
 def _config(parser: argparse.ArgumentParser, cls: type, args: argparse.Namespace):
     try:
-        return config_from_args(cls, args)
+        if not getattr(args, "resume", False):
+            return config_from_args(cls, args)
+        return _resumed_config(cls, args)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
+
+
+def _resumed_config(cls: type, args: argparse.Namespace):
+    """A resumed run continues with the settings it was started with; flags given override them,
+    except those the checkpoint fixes (the network's shape, the optimisers' learning rates)."""
+    if "preset" in vars(args):
+        raise RunError("--preset chooses the settings of a new run; a resumed run keeps those in its config.json")
+    path = Path(vars(args).get("out", "")) / "config.json"
+    if not path.is_file():
+        return config_from_args(cls, args)  # the run directory is checked (and refused) by the command
+    try:
+        saved = read_config(cls, path)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    config, given = config_from_args(cls, args, base=saved)
+    fixed = sorted(
+        name
+        for name in given
+        if (name.startswith("network.") or name.endswith("_lr"))
+        and functools.reduce(getattr, name.split("."), config) != functools.reduce(getattr, name.split("."), saved)
+    )
+    if fixed:
+        raise RunError(f"--resume: {', '.join(fixed)} cannot change when resuming (they come with the checkpoint)")
+    return config, given
 
 
 def _export(run: Path, out: Path, version: int) -> None:

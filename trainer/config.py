@@ -38,7 +38,13 @@ class PretrainConfig:
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
     threads: int = field(default=0, metadata={"help": _THREADS_HELP})
-    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint"})
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "continue the run in --out from its checkpoint with the settings in its config.json; flags given "
+            "override them, except the network's and the learning rates, which come with the checkpoint"
+        },
+    )
     preset: str = field(
         default="paper", metadata={"help": "paper | cpu: the defaults that the other flags override (README)"}
     )
@@ -234,9 +240,9 @@ def _show(value: Any) -> str:
     return "auto" if value is None else str(value)
 
 
-def config_from_args(cls: type, args: argparse.Namespace) -> tuple[Any, set[str]]:
-    """Build `cls` from a preset and the flags given; returns the config and the dotted names
-    of the fields set on the command line."""
+def config_from_args(cls: type, args: argparse.Namespace, base: Any | None = None) -> tuple[Any, set[str]]:
+    """Build `cls` from `base` (default: the preset named by --preset) and the flags given;
+    returns the config and the dotted names of the fields set on the command line."""
     given = {k: v for k, v in vars(args).items() if "." in k or k in {f.name for f in dataclasses.fields(cls)}}
     nested: dict[str, Any] = {}
     for dotted, value in given.items():
@@ -245,7 +251,9 @@ def config_from_args(cls: type, args: argparse.Namespace) -> tuple[Any, set[str]
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return _override(PRESETS[cls][nested.get("preset", "paper")], nested), set(given)
+    if base is None:
+        base = PRESETS[cls][nested.get("preset", "paper")]
+    return _override(base, nested), set(given)
 
 
 def _override(config: Any, values: dict[str, Any]) -> Any:
@@ -256,6 +264,31 @@ def _override(config: Any, values: dict[str, Any]) -> Any:
         for name, value in values.items()
     }
     return dataclasses.replace(config, **changes)
+
+
+def read_config(cls: type, path: Path) -> Any:
+    """The config a run wrote to its config.json (what `--resume` continues with)."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("command") != cls.__name__:
+            raise ValueError(f"written by {data.get('command')!r}, not {cls.__name__}")
+        return _from_dict(cls, data)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a readable {cls.__name__} ({exc})") from None
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            value, kind = data[f.name], hints[f.name]
+            if dataclasses.is_dataclass(kind):
+                value = _from_dict(kind, value)
+            elif typing.get_origin(kind) is tuple:
+                value = tuple(value)
+            kwargs[f.name] = value
+    return cls(**kwargs)
 
 
 def write_config(run_dir: Path, config: Any, device: torch.device, **resolved: Any) -> None:

@@ -11,7 +11,7 @@ Two ways to use the N members, chosen by `policy`:
   target, bootstrapped with actions from the mixture; one temperature for the mixture.
 
 The critic loss trains the encoder (when it is trainable); the actor sees detached features,
-as in DrQ-v2.
+as in DrQ-v2, except in pretraining's cloning steps, whose loss reaches the encoder too.
 """
 
 from __future__ import annotations
