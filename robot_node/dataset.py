@@ -286,7 +286,11 @@ class DatasetWriter:
             episode_id=episode_id,
         )
         self.dataset.records.append(record)
-        self._write_manifest()
+        try:
+            self._write_manifest()
+        except BaseException:
+            self.dataset.records.pop()  # not in the dataset: a retry writes the same index again
+            raise
         return record
 
     def _write_manifest(self) -> None:

@@ -10,7 +10,7 @@ from the final observation, which the last transition carries).
 from __future__ import annotations
 
 import math
-import os
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -35,8 +35,9 @@ class _Pending:
 
 
 def boot_id() -> str:
-    """Distinguishes this run of the node, so episode ids stay unique across restarts."""
-    return f"{int(time.time()):x}{os.getpid() & 0xFFFF:04x}"
+    """Distinguishes this run of the node, so episode ids stay unique across restarts: random
+    bits beside the time, because a container's pid repeats and a robot's clock may not be set."""
+    return f"{int(time.time()):x}{secrets.token_hex(4)}"
 
 
 class EpisodeTracker:

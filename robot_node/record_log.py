@@ -113,11 +113,24 @@ class SegmentLog:
             locations.append(Location(self.active, offset + FRAME.size, length))
             offset += FRAME.size + length
         fd = self._fds[self.active]
-        _write_all(fd, parts)
-        if self.sync:
-            os.fdatasync(fd)
+        try:
+            _write_all(fd, parts)
+            if self.sync:
+                os.fdatasync(fd)
+        except OSError:
+            self._cut_back(fd)
+            raise
         self._sizes[self.active] = offset
         return locations
+
+    def _cut_back(self, fd: int) -> None:
+        """After a failed append, remove what part of it reached the file, so the records written
+        next are not stranded behind torn bytes (replay stops at the first damaged record). If
+        even that fails, the next append starts a new segment."""
+        try:
+            os.ftruncate(fd, self._sizes[self.active])
+        except OSError:
+            self._sizes[self.active] = max(self._sizes[self.active], self.segment_bytes)
 
     def read(self, location: Location) -> bytes:
         fd = self._fds.get(location.segment)

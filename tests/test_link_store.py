@@ -1,13 +1,17 @@
 """The trainer's transition store: exactly-once storage across duplicates and restarts."""
 
+import errno
 import json
 import os
+import shutil
+import threading
 
 import msgpack
 import numpy as np
 import pytest
 
 from robot_node.dataset import open_dataset
+from robot_node import record_log
 from robot_node.record_log import LogInUseError, SegmentLog
 from robot_node.spec import ObservationSpec
 from link_helpers import ACT, EPISODE_STEPS, OBS, check_episode, decoded, stored_steps, stream, transition, wait_for
@@ -167,3 +171,95 @@ def test_a_second_store_on_the_same_storage_is_refused_and_the_first_keeps_worki
     store.close()
     open_store(tmp_path).close()  # the lock went with the first store
     assert stored_steps(tmp_path / "dataset") == {(e, s): 1 for e in range(2) for s in range(EPISODE_STEPS)}
+
+
+# Faults that cannot be produced for real here (a full disk, a kill -9 at an exact instruction)
+# are injected at the one call where they happen; everything else runs on real files.
+
+
+def test_a_log_segment_stays_until_its_episode_is_in_the_dataset(tmp_path):
+    live = tmp_path / "live"
+    store = open_store(live, wal_segment_bytes=2_000)
+    writing, release = threading.Event(), threading.Event()
+    add_episode = store._writer.add
+
+    def slow_add(*args, **kwargs):
+        writing.set()
+        release.wait(10)
+        return add_episode(*args, **kwargs)
+
+    store._writer.add = slow_add
+    add(store, "robot1", decoded(stream(EPISODE_STEPS)))  # acknowledged, handed to the writer
+    add(store, "robot1", decoded(stream(1, start=EPISODE_STEPS), first_seq=EPISODE_STEPS))  # a new log segment
+    assert writing.wait(10)  # its intent is logged, the episode file and manifest not yet
+    store.housekeeping()
+    shutil.copytree(live, tmp_path / "killed")  # what a kill -9 at this moment leaves on disk
+    release.set()
+    store.close()
+
+    restarted = open_store(tmp_path / "killed")
+    written(restarted, 1)
+    restarted.close()
+    assert [r.episode_id for r in open_dataset(tmp_path / "killed" / "dataset").records] == ["ep00000"]
+
+
+def test_two_crashes_in_a_row_lose_no_acknowledged_episode(tmp_path):
+    def crash_back_to(episodes):  # the manifest as it was before the last writes finished
+        path = tmp_path / "dataset" / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["episodes"] = manifest["episodes"][:episodes]
+        path.write_text(json.dumps(manifest))
+
+    a, b = stream(EPISODE_STEPS), stream(EPISODE_STEPS, start=EPISODE_STEPS)
+    store = open_store(tmp_path)
+    add(store, "robot1", decoded(b[:-1], first_seq=100))  # b starts first: first in the log
+    add(store, "robot1", decoded(a))  # a ends first: dataset index 0
+    written(store, 1)
+    add(store, "robot1", decoded(b[-1:], first_seq=100 + EPISODE_STEPS - 1))  # index 1
+    written(store, 2)
+    store.close()
+    crash_back_to(0)
+    store = open_store(tmp_path)  # both again, in log order: b gets index 0, a index 1
+    written(store, 2)
+    store.close()
+    crash_back_to(1)  # a's second write did not finish; its first intent (index 0) names b's slot now
+    store = open_store(tmp_path)
+    written(store, 1)
+    store.close()
+    assert sorted(r.episode_id for r in open_dataset(tmp_path / "dataset").records) == ["ep00000", "ep00001"]
+
+
+def test_an_episode_the_disk_refuses_is_written_once_the_disk_takes_it(tmp_path):
+    store = open_store(tmp_path)
+    add_episode = store._writer.add
+
+    def disk_full_once(*args, **kwargs):
+        store._writer.add = add_episode
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store._writer.add = disk_full_once
+    assert add(store, "robot1", decoded(stream(EPISODE_STEPS)))[0] == list(range(EPISODE_STEPS))
+    written(store, 1)
+    store.close()
+    assert store.counters["write_errors"] == 1 and store.counters["episodes_refused"] == 0
+    assert stored_steps(tmp_path / "dataset") == {(0, s): 1 for s in range(EPISODE_STEPS)}
+
+
+def test_a_failed_append_leaves_no_torn_bytes_before_the_next_records(tmp_path, monkeypatch):
+    log = SegmentLog(tmp_path / "log", segment_bytes=1 << 20)
+    log.append([[b"first"]])
+    writev = os.writev
+
+    def disk_fills_up(fd, parts):  # part of the batch reaches the file, then the disk is full
+        monkeypatch.setattr(record_log.os, "writev", lambda *_: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+        return writev(fd, [bytes(parts[0])[:5]])
+
+    monkeypatch.setattr(record_log.os, "writev", disk_fills_up)
+    with pytest.raises(OSError):
+        log.append([[b"lost" * 25]])
+    monkeypatch.setattr(record_log.os, "writev", writev)
+    log.append([[b"third"]])  # space again: a trainer would acknowledge this now
+    log.close()
+    reopened = SegmentLog(tmp_path / "log", segment_bytes=1 << 20)
+    assert [payload for _, payload in reopened.replay()] == [b"first", b"third"]
+    reopened.close()

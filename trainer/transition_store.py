@@ -9,8 +9,9 @@ moment has everything it acknowledged. Transitions are keyed by (robot, episode,
 robot's resend after a lost ACK is a duplicate whether its episode is still pending or already
 in the dataset. A writer thread appends an episode once its last step and every step before it
 are in. The done log names the dataset index *before* the episode is written; on restart, an
-index the manifest does not reach yet means that write did not finish, and it is done again.
-Write-ahead segments whose episodes are all done are deleted.
+index whose manifest entry is not this robot's episode means that write did not finish, and
+it is done again. Write-ahead segments whose episodes are all written (or refused) are deleted;
+an episode the disk refuses to write is retried and keeps its segments.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from robot_node.record_log import RecordFormatError, SegmentLog, blob_record, re
 from robot_node.spec import ActionSpec, ObservationSpec
 
 log = logging.getLogger(__name__)
+
+WRITE_RETRY_S = 1.0  # between attempts to write an episode while the disk refuses
 
 EpisodeKey = tuple[str, str]  # (robot id, episode id)
 Batch = tuple[str, str, list[DecodedItem]]  # (robot id, image codec, decoded transitions) of one message
@@ -83,7 +86,7 @@ class TransitionStore:
         self.max_queued_episodes = max_queued_episodes
         self.abandon_after_s = abandon_after_s
         self.on_episode = on_episode
-        self.counters = Counters(("stored", "duplicates", "episodes_written", "episodes_salvaged", "episodes_refused", "pending_episodes"))
+        self.counters = Counters(("stored", "duplicates", "episodes_written", "episodes_salvaged", "episodes_refused", "pending_episodes", "write_errors"))
         # The logs first: each holds its directory's lock, so a second trainer on this storage
         # stops here (LogInUseError) before it touches the dataset.
         self._done_log = SegmentLog(self.root / "done", segment_bytes=1 << 40, sync=sync)
@@ -196,10 +199,10 @@ class TransitionStore:
         return writer
 
     def _recover(self) -> None:
-        written = len(self._writer.dataset)
+        records = self._writer.dataset.records
         for _, payload in self._done_log.replay():
             robot_id, episode_id, index = msgpack.unpackb(payload, raw=False)
-            if index is None or index < written:  # refused, or its write finished
+            if index is None or (index < len(records) and _holds(records[index], robot_id, episode_id)):  # refused, or written
                 self._done.add((robot_id, episode_id))
         replayed = 0
         for location, payload in self._wal.replay():
@@ -248,9 +251,18 @@ class TransitionStore:
             key, steps = job
             try:
                 self._write(key, steps)
-            except Exception:  # one bad episode must not stop the writer
-                log.exception("could not write episode %s of robot %s", key[1], key[0])
-                self._finish(key, None)
+            except OSError as exc:  # the disk, not the episode: try again; its log segments stay
+                self.counters.inc("write_errors")
+                log.error("could not write episode %s of robot %s (%s); retrying in %.0f s", key[1], key[0], exc, WRITE_RETRY_S)
+                self._queue.put(job)  # behind a close()'s None: then the restart writes it from the log
+                time.sleep(WRITE_RETRY_S)
+            except Exception:  # a bug with one episode must not stop the writer
+                log.exception("could not write episode %s of robot %s; refusing it", key[1], key[0])
+                try:
+                    self._log_done(key, None)
+                    self._mark_done(key)
+                except OSError:
+                    log.exception("could not record the refusal of episode %s; it is retried after a restart", key[1])
 
     def _write(self, key: EpisodeKey, steps: list[Transition]) -> None:
         try:
@@ -261,11 +273,13 @@ class TransitionStore:
         except DatasetError as exc:
             log.warning("episode %s of robot %s refused: %s", key[1], key[0], exc)
             self.counters.inc("episodes_refused")
-            self._finish(key, None)
+            self._log_done(key, None)
+            self._mark_done(key)
             return
-        self._finish(key, len(self._writer.dataset))  # intent first: a crash from here on is redone
+        self._log_done(key, len(self._writer.dataset))  # intent first: a crash from here on is redone
         success = bool(episode.terminals[-1] and episode.rewards[-1] > 0)
         record = self._writer.add(episode, source="robot", success=success, robot_id=key[0], episode_id=key[1])
+        self._mark_done(key)  # only now may its log segments go
         self.counters.inc("episodes_written")
         if self.on_episode is not None:
             try:
@@ -273,8 +287,12 @@ class TransitionStore:
             except Exception:
                 log.exception("on_episode callback failed for episode %s", key[1])
 
-    def _finish(self, key: EpisodeKey, index: int | None) -> None:
+    def _log_done(self, key: EpisodeKey, index: int | None) -> None:
+        """Record durably that the episode is refused (None) or is being written at `index`;
+        on restart the manifest tells whether that write finished (`_holds`)."""
         self._done_log.append([[msgpack.packb([key[0], key[1], index])]])
+
+    def _mark_done(self, key: EpisodeKey) -> None:
         with self._lock:
             self._done.add(key)
             self._writing.discard(key)
@@ -285,6 +303,13 @@ class TransitionStore:
             for segment in finished:
                 self._wal.delete(segment)
                 del self._segment_episodes[segment]
+
+
+def _holds(record: EpisodeRecord, robot_id: str, episode_id: str) -> bool:
+    """Whether the dataset's episode `record` is this robot's episode. After a crash the same
+    index may have gone to another episode, so the index alone does not say; records written
+    before robot ids were recorded only have their index to go by."""
+    return record.robot_id is None or (record.robot_id, record.episode_id) == (robot_id, episode_id)
 
 
 def _first_gap(steps: dict[int, Transition]) -> int:
