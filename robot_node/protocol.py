@@ -147,8 +147,8 @@ def encode_transition(t: Transition, specs: Specs, codec: Codec) -> EncodedTrans
         return _encode_transition(t, specs, codec)
     except ProtocolError:
         raise
-    except (TypeError, ValueError, AttributeError) as exc:  # not even the right types
-        raise ProtocolError("invalid", f"transition is malformed: {exc}") from None
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # not even the right types or sizes
+        raise ProtocolError("invalid", f"transition is malformed: {type(exc).__name__}: {exc}") from None
 
 
 def _encode_transition(t: Transition, specs: Specs, codec: Codec) -> EncodedTransition:
@@ -384,6 +384,8 @@ def check_transition(t: Transition, specs: Specs) -> None:
     """What both ends require of a transition: shapes per the specs, finite numbers, actions in
     bounds, and a next observation exactly on the episode's last step."""
     obs, act = specs.observation, specs.action
+    if not (_int()(int(t.step)) and _int(-1)(int(t.policy_version))):  # what the receiving end's schema allows
+        raise ProtocolError("bad_item", f"{_name(t)}: step {t.step} or policy version {t.policy_version} is outside int64")
     is_last = t.terminal or t.truncated
     if is_last != (t.next_image is not None):
         raise ProtocolError("next_observation", f"{_name(t)}: the next observation comes with the last step of an episode, and only then")

@@ -8,6 +8,7 @@ against the robot it is about to drive before it moves anything. Specs travel as
 from __future__ import annotations
 
 import json
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,8 +72,8 @@ class ObservationSpec:
             if list(state["shape"]) != [len(names)]:
                 raise SpecError(f"state shape {state['shape']} does not match {len(names)} names")
             return cls(image_shape=tuple(image["shape"]), state_names=names)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise SpecError(f"malformed observation spec {data!r}: {exc}") from exc
+        except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
+            raise SpecError(f"malformed observation spec {reprlib.repr(data)}: {exc}") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -115,8 +116,8 @@ class ActionSpec:
             if list(data["shape"]) != [len(names)]:
                 raise SpecError(f"action shape {data['shape']} does not match {len(names)} names")
             return cls(names=names, low=data["low"], high=data["high"])
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise SpecError(f"malformed action spec {data!r}: {exc}") from exc
+        except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
+            raise SpecError(f"malformed action spec {reprlib.repr(data)}: {exc}") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -129,5 +130,5 @@ class ActionSpec:
 def _loads(text: str, what: str) -> Any:
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise SpecError(f"{what} is not valid JSON: {exc}") from exc
+    except (json.JSONDecodeError, TypeError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise SpecError(f"{what} is not valid JSON: {type(exc).__name__}: {exc}") from exc

@@ -383,3 +383,34 @@ def test_o2o_keys_command_line(tmp_path):
     again = run("generate", "trainer", "--out", str(tmp_path / "keys"))
     assert again.returncode == 1
     assert again.stderr.strip().count("\n") == 0 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize(
+    "observation_spec",
+    [
+        "[" * 5000,  # nested deeper than the JSON parser recurses
+        '{"image": {"shape": [1e999, 8, 3], "dtype": "uint8"}, "state": {"shape": [0], "dtype": "float32", "names": []}}',
+        '{"image": {"shape": ["a", 8, 3], "dtype": "uint8"}, "state": {"shape": [0], "dtype": "float32", "names": []}}',
+    ],
+)
+def test_a_hello_with_a_pathological_spec_is_a_protocol_error(observation_spec):
+    fields = {"robot": "robot1", "observation_spec": observation_spec, "action_spec": ACT.to_json(), "weights_version": -1}
+    message = wire.parse(wire.pack(wire.HELLO, fields), "trainer")
+    with pytest.raises(wire.ProtocolError) as refused:
+        wire.parse_specs(message.header)
+    assert refused.value.reason == "bad_spec"
+
+
+def test_weights_with_a_pathological_action_spec_are_a_protocol_error():
+    onnx = b"model"
+    action_spec = '{"dtype": "float32", "names": ["a"], "shape": [1], "low": "a", "high": "b"}'
+    header = {"session": "s", "version": 1, "train_step": 0, "sha256": hashlib.sha256(onnx).hexdigest(), "observation_spec": OBS.to_json(), "action_spec": action_spec, "nbytes": len(onnx), "offset": 0}
+    with pytest.raises(wire.ProtocolError) as refused:
+        wire.WeightsReceiver().add(wire.parse(wire.pack(wire.WEIGHTS, header, [onnx]), "robot"))
+    assert refused.value.reason == "bad_spec"
+
+
+def test_a_step_outside_int64_is_refused_when_encoded_not_when_spooled():
+    with pytest.raises(wire.ProtocolError) as refused:
+        wire.encode_transition(dataclasses.replace(transition(0, 5), step=2**64), SPECS, wire.Codec())
+    assert refused.value.reason == "bad_item"
