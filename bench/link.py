@@ -61,6 +61,7 @@ from robot_node.spec import ActionSpec, ObservationSpec  # noqa: E402
 from trainer.link import ServerConfig, TrainerServer  # noqa: E402
 from trainer.transition_store import TransitionStore  # noqa: E402
 
+ROBOT_ID = "bench-robot"  # its key file is named after it: the trainer binds the name to the key
 STATE_NAMES = ("j0", "j1", "j2", "j3", "j4", "finger", "gripper_open")
 ACTION = ActionSpec()
 POLICY_SPEC = ObservationSpec((84, 84, 3), STATE_NAMES)
@@ -110,10 +111,10 @@ def robot_child(args: argparse.Namespace) -> None:
     """The robot end, in its own process. Prints one JSON line per result."""
     size = args.size
     config = LinkConfig(
-        endpoint=args.endpoint, robot_id="bench-robot", spool_dir=args.spool,
+        endpoint=args.endpoint, robot_id=ROBOT_ID, spool_dir=args.spool,
         observation_spec=ObservationSpec.from_json(args.spec) if args.spec else ObservationSpec((size, size, 3), STATE_NAMES), action_spec=ACTION,
         codec=wire.Codec(args.codec), insecure=not args.keys,
-        secret_key=f"{args.keys}/robot.key_secret" if args.keys else None, trainer_key=f"{args.keys}/trainer.key" if args.keys else None,
+        secret_key=f"{args.keys}/{ROBOT_ID}.key_secret" if args.keys else None, trainer_key=f"{args.keys}/trainer.key" if args.keys else None,
     )
     logging_quiet()
     link = ZmqTrainerLink(config)
@@ -509,9 +510,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as keydir:
         keys = Path(keydir)
         generate("trainer", keys)
-        generate("robot", keys)
+        generate(ROBOT_ID, keys)  # named after the robot_id it vouches for
         (keys / "allow").mkdir()
-        (keys / "allow" / "robot.key").write_bytes((keys / "robot.key").read_bytes())
+        (keys / "allow" / f"{ROBOT_ID}.key").write_bytes((keys / f"{ROBOT_ID}.key").read_bytes())
 
         configs = {
             "curve_png64": (64, "png", True, n64),

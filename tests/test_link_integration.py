@@ -405,3 +405,17 @@ def test_an_allow_list_with_a_file_that_is_not_a_key_stops_the_trainer_at_start_
     with pytest.raises(ServerConfigError, match=r"allow-list .*allow: No public key found in .*notes\.key"):
         TrainerServer(ServerConfig(bind="tcp://127.0.0.1:0", secret_key=str(keys / "trainer.key_secret"), allow_dir=str(keys / "allow")), store)
     store.close()
+
+
+def test_an_allowed_key_cannot_speak_for_another_robot(tmp_path, keys, cleanup):
+    server = open_server(tmp_path, keys, cleanup)
+    honest = open_robot(server, tmp_path, keys, cleanup, "robot1")
+    wait_for(lambda: honest.status().connected, DEADLINE_S, "robot1 connected")
+    config = dataclasses.replace(robot_config(server.endpoint, tmp_path / "spool-impostor", keys, "robot1"), secret_key=str(keys / "robot2.key_secret"))
+    impostor = ZmqTrainerLink(config)  # robot2's key, robot1's name
+    cleanup(impostor.close)
+    impostor.submit(transition(0, 0))
+    wait_for(lambda: server.counters["refused.robot_id"] >= 1, DEADLINE_S, "the impostor's hello refused")
+    assert "authenticated by the key in robot2.key said hello as 'robot1'" in impostor.status().detail
+    assert not impostor.status().connected and impostor.status().counters["acked"] == 0
+    assert honest.status().connected and set(server.status()["robots"]) == {"robot1"}

@@ -89,6 +89,7 @@ class TrainerServer:
         self._context = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
         self._allowed: dict[str, float] | None = None  # the allow-list as loaded: key file name -> mtime
+        self._key_names: dict[str, str] | None = None  # with CURVE: z85 public key -> the robot its key file names
         try:
             self._socket = self._bind()
         except Exception:
@@ -168,10 +169,11 @@ class TrainerServer:
                 arrived: list[tuple[bytes, wire.Message]] = []
                 for _ in range(DRAIN_MAX):
                     try:
-                        identity, *frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                        parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._handle(identity, frames, arrived)
+                    user = parts[-1].get("User-Id") if self._key_names is not None else None  # the key ZAP accepted
+                    self._handle(parts[0].bytes, [part.bytes for part in parts[1:]], arrived, user)
                 self._transitions(arrived)
                 self._take_deferred()
                 now = time.monotonic()
@@ -192,7 +194,7 @@ class TrainerServer:
                 self._stop.wait(0.1)
         self._shutdown_zmq()
 
-    def _handle(self, identity: bytes, frames: list[bytes], arrived: list[tuple[bytes, wire.Message]]) -> None:
+    def _handle(self, identity: bytes, frames: list[bytes], arrived: list[tuple[bytes, wire.Message]], user: str | None = None) -> None:
         """Answer one message; TRANSITIONS go to `arrived`, stored together after the drain."""
         robot = self._robots.get(identity)
         source = f"robot {robot.robot_id}" if robot else f"peer {identity.hex()}"
@@ -202,7 +204,7 @@ class TrainerServer:
             self._refusals.refuse(exc.reason, f"{source}: {exc}")
             return
         if message.kind == wire.HELLO:
-            self._hello(identity, message.header)
+            self._hello(identity, message.header, user)
             return
         if robot is None:  # this trainer restarted, or declared the robot lost: it must say HELLO again
             self.counters.inc("unknown_peer")
@@ -228,9 +230,13 @@ class TrainerServer:
             self._transitions([self._deferred.popleft()])
         self.counters.set("deferred", len(self._deferred))
 
-    def _hello(self, identity: bytes, header: dict[str, Any]) -> None:
+    def _hello(self, identity: bytes, header: dict[str, Any], user: str | None) -> None:
         robot_id = header["robot"]
         try:
+            if self._key_names is not None and self._key_names.get(user) != robot_id:  # one allowed key must not speak for another robot
+                owner = self._key_names.get(user)
+                key = f"the key in {owner}.key" if owner else "a key no longer in the allow-list"
+                raise wire.ProtocolError("robot_id", f"a robot authenticated by {key} said hello as {robot_id!r}; name each robot's allow-list key file after its robot_id")
             specs = wire.parse_specs(header)
             if specs != (self.store.specs.observation, self.store.specs.action):
                 raise wire.ProtocolError("spec_mismatch", f"robot {robot_id} runs {specs[0]}, {specs[1]}; this trainer's data is {self.store.specs.observation}, {self.store.specs.action}")
@@ -338,13 +344,14 @@ class TrainerServer:
             files = {path.name: path.stat().st_mtime for path in allow_dir.glob("*.key")}
             if files == self._allowed:
                 return
-            keys = {load_certificate(allow_dir / name)[0]: True for name in files}
+            names = {load_certificate(allow_dir / name)[0].decode(): Path(name).stem for name in files}
         except (OSError, ValueError) as exc:
             if at_start:
                 raise ServerConfigError(f"allow-list {allow_dir}: {exc}") from None
             self._warn.warning("allow_list", f"allow-list {allow_dir} not reloaded, the previous keys stay in force: {exc}")
             return
-        self._auth.certs["*"] = keys  # one assignment: the ZAP thread sees the old set or the new one
+        self._auth.certs["*"] = {key.encode(): True for key in names}  # one assignment: the ZAP thread sees the old set or the new one
+        self._key_names = names
         if self._allowed is not None:
             added, removed = sorted(files.keys() - self._allowed.keys()), sorted(self._allowed.keys() - files.keys())
             log.info("allow-list %s reloaded: %d robot keys (added: %s; removed: %s)", allow_dir, len(files), ", ".join(added) or "none", ", ".join(removed) or "none")
