@@ -211,6 +211,9 @@ def _int(lo: int = 0, hi: int = _INT64_MAX):
     return check
 
 
+_is_step, _is_version = _int(), _int(-1)  # a transition's step; a policy version (-1: none yet)
+
+
 def _str(max_chars: int):
     def check(value: Any) -> bool:
         return type(value) is str and 0 < len(value) <= max_chars and value.isprintable()
@@ -246,10 +249,10 @@ def _build_schemas(limits: Limits) -> _Schemas:
     """Field checks per kind, for messages the trainer receives and messages the robot receives,
     and for each item of a TRANSITIONS message."""
     ident, spec = _str(limits.max_id_chars), _str(limits.max_spec_chars)
-    version, size = _int(-1), _int(1)
+    version, size = _is_version, _int(1)
     item = {
         "episode": ident,
-        "step": _int(),
+        "step": _is_step,
         "reward": _is_number,
         "terminal": _is_bool,
         "truncated": _is_bool,
@@ -384,7 +387,7 @@ def check_transition(t: Transition, specs: Specs) -> None:
     """What both ends require of a transition: shapes per the specs, finite numbers, actions in
     bounds, and a next observation exactly on the episode's last step."""
     obs, act = specs.observation, specs.action
-    if not (_int()(int(t.step)) and _int(-1)(int(t.policy_version))):  # what the receiving end's schema allows
+    if not (_is_step(int(t.step)) and _is_version(int(t.policy_version))):  # what the receiving end's schema allows
         raise ProtocolError("bad_item", f"{_name(t)}: step {t.step} or policy version {t.policy_version} is outside int64")
     is_last = t.terminal or t.truncated
     if is_last != (t.next_image is not None):

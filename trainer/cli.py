@@ -7,14 +7,13 @@ naming the problem; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
 from robot_node.dataset import DatasetError
 from robot_node.spec import SpecError
 from trainer.checkpoint import RunError
-from trainer.config import FinetuneConfig, PretrainConfig, add_config_flags, config_from_args, read_config
+from trainer.config import FinetuneConfig, PretrainConfig, add_config_flags, config_from_args, config_value, read_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +92,7 @@ def _resumed_config(cls: type, args: argparse.Namespace):
         name
         for name in given
         if (name.startswith("network.") or name.endswith("_lr"))
-        and functools.reduce(getattr, name.split("."), config) != functools.reduce(getattr, name.split("."), saved)
+        and config_value(config, name) != config_value(saved, name)
     )
     if fixed:
         raise RunError(f"--resume: {', '.join(fixed)} cannot change when resuming (they come with the checkpoint)")

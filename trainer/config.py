@@ -24,6 +24,7 @@ from trainer.networks import NetworkConfig
 from trainer.replay import REPLAY_MODES, ReplayConfig
 from trainer.sac import SACConfig
 
+_PRESET_HELP = "paper | cpu: the defaults that the other flags override (README)"
 _THREADS_HELP = "CPU threads for torch; 0: torch's default. Where other processes share the cores, 1 is fastest"
 
 
@@ -45,9 +46,7 @@ class PretrainConfig:
             "override them, except the network's and the learning rates, which come with the checkpoint"
         },
     )
-    preset: str = field(
-        default="paper", metadata={"help": "paper | cpu: the defaults that the other flags override (README)"}
-    )
+    preset: str = field(default="paper", metadata={"help": _PRESET_HELP})
     member_batches: str = field(
         default="independent",
         metadata={"help": "independent (own minibatch per member, as the paper) | shared (N× fewer images to encode)"},
@@ -99,9 +98,7 @@ class FinetuneConfig:
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
     threads: int = field(default=0, metadata={"help": _THREADS_HELP})
-    preset: str = field(
-        default="paper", metadata={"help": "paper | cpu: the defaults that the other flags override (README)"}
-    )
+    preset: str = field(default="paper", metadata={"help": _PRESET_HELP})
     updates_per_step: int = 1
     eval_every: int = field(default=1_000, metadata={"help": "environment steps between deterministic evaluations"})
     eval_episodes: int = 10
@@ -140,7 +137,7 @@ PRESETS: dict[type, dict[str, Any]] = {
             preset="cpu",
             learner=LearnerConfig(batch_size=128, ratio_batch_size=128, warmup=400),
             network=_CPU_NETWORK,
-            sac=SACConfig(n_step=3),
+            sac=dataclasses.replace(FinetuneConfig().sac, n_step=3),
         ),
     },
 }
@@ -212,7 +209,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         if name in seen:
             raise AssertionError(f"two config fields share the flag --{name}")
         seen.add(name)
-        default = functools.reduce(getattr, path, defaults)
+        default = config_value(defaults, ".".join(path))
         help_text = f.metadata.get("help", "")
         help_text = f"{help_text} (default: {_show(default)})".strip()
         dest = ".".join(path)
@@ -238,6 +235,11 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return "auto" if value is None else str(value)
+
+
+def config_value(config: Any, dotted: str) -> Any:
+    """A (nested) field of a config by its dotted name, e.g. "sac.actor_lr"."""
+    return functools.reduce(getattr, dotted.split("."), config)
 
 
 def config_from_args(cls: type, args: argparse.Namespace, base: Any | None = None) -> tuple[Any, set[str]]:

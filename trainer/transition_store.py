@@ -259,8 +259,7 @@ class TransitionStore:
             except Exception:  # a bug with one episode must not stop the writer
                 log.exception("could not write episode %s of robot %s; refusing it", key[1], key[0])
                 try:
-                    self._log_done(key, None)
-                    self._mark_done(key)
+                    self._refuse(key)
                 except OSError:
                     log.exception("could not record the refusal of episode %s; it is retried after a restart", key[1])
 
@@ -273,8 +272,7 @@ class TransitionStore:
         except DatasetError as exc:
             log.warning("episode %s of robot %s refused: %s", key[1], key[0], exc)
             self.counters.inc("episodes_refused")
-            self._log_done(key, None)
-            self._mark_done(key)
+            self._refuse(key)
             return
         self._log_done(key, len(self._writer.dataset))  # intent first: a crash from here on is redone
         success = bool(episode.terminals[-1] and episode.rewards[-1] > 0)
@@ -291,6 +289,10 @@ class TransitionStore:
         """Record durably that the episode is refused (None) or is being written at `index`;
         on restart the manifest tells whether that write finished (`_holds`)."""
         self._done_log.append([[msgpack.packb([key[0], key[1], index])]])
+
+    def _refuse(self, key: EpisodeKey) -> None:
+        self._log_done(key, None)
+        self._mark_done(key)
 
     def _mark_done(self, key: EpisodeKey) -> None:
         with self._lock:
