@@ -37,8 +37,9 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+# The simulated hardware-in-loop fine-tuning demo (trainer/demo.py); run again, it continues.
 demo: setup
-	$(VENV)/bin/o2o-sim demo --out runs/demo
+	$(VENV)/bin/o2o-demo --out runs/demo
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

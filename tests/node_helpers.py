@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from robot_node.link_interface import PolicyWeights
+from trainer.demo import CYCLONE_LOOPBACK  # the demo keeps its DDS traffic on loopback as the tests do
 from robot_node.spec import (
     META_ACTION_SPEC,
     META_ENSEMBLE_SIZE,
@@ -173,11 +174,6 @@ class ListLogger:
 # --- DDS on loopback ------------------------------------------------------------------------
 
 _domains = itertools.count()
-CYCLONE_LOOPBACK = """<CycloneDDS><Domain Id="any">
-  <General><Interfaces><NetworkInterface name="lo"/></Interfaces><AllowMulticast>false</AllowMulticast></General>
-  <Discovery><Peers><Peer address="127.0.0.1"/></Peers><ParticipantIndex>auto</ParticipantIndex>
-    <MaxAutoParticipantIndex>20</MaxAutoParticipantIndex></Discovery>
-</Domain></CycloneDDS>"""
 
 
 def unique_domain_id() -> int:
