@@ -127,7 +127,7 @@ class _Service:
         except BaseException:
             self.store.close()
             raise
-        self.pushed: int | None = payload["version"] if payload is not None else None  # the last version offered
+        self.pushed: int | None = payload["weights_version"] if payload is not None else None  # the last version offered
         self.version = config.first_version if self.pushed is None else max(config.first_version, self.pushed + 1)
         self.pushed_step = self.learner.train_step
         self.received = 0  # online transitions received, stored ones included
@@ -297,13 +297,13 @@ class _Service:
             if robot["weights_seen"] >= self.version and robot_id not in self.warned:
                 self.warned.add(robot_id)
                 log.warning(
-                    "robot %s holds weights v%d, so it ignores this trainer's pushes until v%d passes it; "
+                    "robot %s holds weights v%d, so it ignores this trainer's pushes up to that version (next: v%d); "
                     "continue the run that pushed them (--resume) or start with --first-version %d",
                     robot_id, robot["weights_seen"], self.version, robot["weights_seen"] + 1,
                 )
 
     def _checkpoint(self) -> None:
-        extra = {"dataset": self.dataset, "version": self.pushed, "received": self.received}
+        extra = {"dataset": self.dataset, "weights_version": self.pushed, "received": self.received}
         save_checkpoint(
             self.run_dir,
             self.learner.agent,
