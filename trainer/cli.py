@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             from trainer.service import serve
 
             run = serve(config, given)  # stdout carries only its "listening on" line, for a parent process
-            logging.getLogger("trainer.service").info("served; fine-tuned ensemble in %s, summary in %s", run, run / "summary.json")
+            logging.getLogger("trainer.service").info("fine-tuned ensemble in %s; summary in %s", run, run / "summary.json")
         elif args.command == "export":
             _export(args.run, args.out, args.version)
         else:

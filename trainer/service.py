@@ -38,7 +38,6 @@ from robot_node.link_interface import Transition
 from trainer.agent import EnsembleAgent
 from trainer.checkpoint import RunError, agent_from_checkpoint, read_checkpoint, save_checkpoint
 from trainer.config import ServeConfig, write_config
-from trainer.learner import OnlineLearner
 from trainer.link import ServerConfig, ServerConfigError, TrainerServer
 from trainer.metrics import MetricsLogger, RunningMean
 from trainer.online import build_learner, pretrained_agent, train, write_summary
@@ -97,6 +96,8 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 
 class _Service:
+    """One run of the service: start-up in __init__ (nothing listens yet), then `run()`."""
+
     def __init__(self, config: ServeConfig, given: set[str], stop: threading.Event) -> None:
         if not config.init:
             raise RunError("--init is required: the pretrain run whose ensemble the service fine-tunes")
@@ -127,7 +128,7 @@ class _Service:
         except BaseException:
             self.store.close()
             raise
-        self.pushed: int | None = payload["weights_version"] if payload is not None else None  # the last version offered
+        self.pushed: int | None = payload["weights_version"] if payload is not None else None  # last offered
         self.version = config.first_version if self.pushed is None else max(config.first_version, self.pushed + 1)
         self.pushed_step = self.learner.train_step
         self.received = 0  # online transitions received, stored ones included
@@ -192,9 +193,9 @@ class _Service:
 
     def _open_server(self) -> TrainerServer:
         c = self.config
-        server_config = ServerConfig(bind=c.bind, secret_key=c.key or None, allow_dir=c.allow or None, insecure=c.insecure)
+        keys = {"secret_key": c.key or None, "allow_dir": c.allow or None, "insecure": c.insecure}
         try:
-            return TrainerServer(server_config, self.store)
+            return TrainerServer(ServerConfig(bind=c.bind, **keys), self.store)
         except (ServerConfigError, KeyFileError) as exc:
             raise RunError(str(exc)) from None
 
@@ -258,7 +259,7 @@ class _Service:
             len(self.successes), record.robot_id, record.length, record.episode_return, success, policy,
         )
         if self.bar is not None:
-            self.bar.update(min(record.length, self.bar.total - self.bar.n))
+            self.bar.update(max(0, min(record.length, self.bar.total - self.bar.n)))
 
     def _add(self, episode: Episode, record: EpisodeRecord) -> None:
         for transition in episode_transitions(episode, record.file):  # the file is unique in the dataset
@@ -347,7 +348,7 @@ class _Service:
         )
 
     def _summary(self, seconds: float, link: dict) -> None:
-        learner: OnlineLearner = self.learner
+        learner = self.learner
         summary = {
             "episodes": len(self.successes),
             "transitions": self.received,
