@@ -144,7 +144,7 @@ class _Service:
     def _agent_and_data(self, payload: dict | None, given: set[str]) -> tuple[EnsembleAgent, str]:
         """A fresh run starts from --init; a resumed one from its own checkpoint."""
         if payload is not None:
-            return agent_from_checkpoint(payload), payload["dataset"]
+            return agent_from_checkpoint(payload), self.config.data or payload["dataset"]
         agent, data = pretrained_agent(self.config.init, self.config.data, self.config.network, given)
         if not data:
             raise RunError(f"--init {self.config.init} names no dataset; give --data DIR")
@@ -341,10 +341,10 @@ class _Service:
     def _report(self, seconds: float, at_report: tuple[int, int]) -> None:
         status = self.server.status()
         log.info(
-            "serve: %.1f transitions/s received, %.2f updates/s, %d robots connected, pushed v%s, "
+            "serve: %.1f transitions/s received, %.2f updates/s, %d robots connected, pushed %s, "
             "success of the last %d episodes %.2f",
             (self.received - at_report[0]) / seconds, (self.learner.train_step - at_report[1]) / seconds,
-            len(status["robots"]), self.pushed, RECENT, self._recent(),
+            len(status["robots"]), f"v{self.pushed}" if self.pushed is not None else "nothing yet", RECENT, self._recent(),
         )
 
     def _summary(self, seconds: float, link: dict) -> None:
