@@ -158,6 +158,12 @@ class SegmentLog:
 
     def _open(self, segment: int) -> None:
         self._fds[segment] = os.open(self._path(segment), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        if self.sync:  # the new file's name must survive power loss too, not only the bytes fsynced into it
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         self._sizes[segment] = 0
         self.active = segment
 

@@ -340,6 +340,19 @@ def test_record_log_replays_records_in_order_and_reads_them_back(tmp_path):
     reopened.close()
 
 
+def test_a_synced_record_log_fsyncs_its_directory_when_it_creates_a_segment(tmp_path, monkeypatch):
+    """A new segment's directory entry must reach the disk before records in it are acknowledged,
+    else power loss can drop the whole file even though its bytes were fsynced."""
+    real_fsync, synced = os.fsync, []
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.path.realpath(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    log = SegmentLog(tmp_path / "log", segment_bytes=100, sync=True)
+    log.append([[b"a" * 120]])  # fills segment 1
+    log.append([[b"b" * 10]])  # so this one opens segment 2
+    log.close()
+    assert (tmp_path / "log" / "00000002.log").is_file()
+    assert synced == [str((tmp_path / "log").resolve())] * 2  # at segment 1's creation and at segment 2's (records: fdatasync)
+
+
 def test_record_log_finishes_short_writes(tmp_path, monkeypatch):
     real_writev = os.writev
     monkeypatch.setattr(os, "writev", lambda fd, parts: real_writev(fd, [bytes(parts[0])[:7]]))  # at most 7 bytes a call
