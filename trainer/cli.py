@@ -1,4 +1,4 @@
-"""`o2o-trainer`: pretrain, finetune-local, export, plot.
+"""`o2o-trainer`: pretrain, finetune-local, serve, export, plot.
 
 User errors (bad dataset, bad run directory, wrong flags) end with exit status 2 and one line
 naming the problem; anything else is a bug and keeps its traceback.
@@ -7,24 +7,37 @@ naming the problem; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from robot_node.dataset import DatasetError
 from robot_node.spec import SpecError
 from trainer.checkpoint import RunError
-from trainer.config import FinetuneConfig, PretrainConfig, add_config_flags, config_from_args, config_value, read_config
+from trainer.config import (
+    FinetuneConfig,
+    PretrainConfig,
+    ServeConfig,
+    add_config_flags,
+    config_from_args,
+    config_value,
+    read_config,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="o2o-trainer", description="Offline pretraining, online fine-tuning and export of the policy ensemble."
+        prog="o2o-trainer", description="Offline pretraining, online fine-tuning (local or from robots) and export of the policy ensemble."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     pretrain = commands.add_parser("pretrain", help="train N CQL agents on an offline dataset")
     add_config_flags(pretrain, PretrainConfig)
     finetune = commands.add_parser("finetune-local", help="fine-tune online against a local gymnasium env")
     add_config_flags(finetune, FinetuneConfig)
+    serve = commands.add_parser(
+        "serve", help="fine-tune from the episodes robots stream in and push the weights back to them"
+    )
+    add_config_flags(serve, ServeConfig)
     export = commands.add_parser("export", help="write the ensemble policy as one ONNX graph for the robot")
     export.add_argument("run", type=Path, metavar="RUN")
     export.add_argument("--out", type=Path, required=True, help="ONNX file to write (weights inside)")
@@ -51,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
 
             run = finetune_local(config, given)
             print(f"fine-tuned ensemble saved in {run}; summary in {run / 'summary.json'}")
+        elif args.command == "serve":
+            config, given = _config(parser, ServeConfig, args)
+            logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            for ours in ("trainer", "robot_node"):  # the exporter's libraries log a lot at INFO
+                logging.getLogger(ours).setLevel(logging.INFO)
+            from trainer.service import serve
+
+            run = serve(config, given)  # stdout carries only its "listening on" line, for a parent process
+            logging.getLogger("trainer.service").info("fine-tuned ensemble in %s; summary in %s", run, run / "summary.json")
         elif args.command == "export":
             _export(args.run, args.out, args.version)
         else:

@@ -26,6 +26,11 @@ from trainer.sac import SACConfig
 
 _PRESET_HELP = "paper | cpu: the defaults that the other flags override (README)"
 _THREADS_HELP = "CPU threads for torch; 0: torch's default. Where other processes share the cores, 1 is fastest"
+_DATA_HELP = "offline dataset; empty: the one --init was pretrained on"
+_RESUME_HELP = (
+    "continue the run in --out from its checkpoint with the settings in its config.json; flags given "
+    "override them, except the network's and the learning rates, which come with the checkpoint"
+)
 
 
 @dataclass(frozen=True)
@@ -39,13 +44,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
     threads: int = field(default=0, metadata={"help": _THREADS_HELP})
-    resume: bool = field(
-        default=False,
-        metadata={
-            "help": "continue the run in --out from its checkpoint with the settings in its config.json; flags given "
-            "override them, except the network's and the learning rates, which come with the checkpoint"
-        },
-    )
+    resume: bool = field(default=False, metadata={"help": _RESUME_HELP})
     preset: str = field(default="paper", metadata={"help": _PRESET_HELP})
     member_batches: str = field(
         default="independent",
@@ -92,7 +91,7 @@ class FinetuneConfig:
         default="", metadata={"help": 'JSON keyword arguments for gym.make, e.g. {"image_size": 84}'}
     )
     init: str = field(default="", metadata={"help": "pretrain run to start from; empty: SAC from scratch"})
-    data: str = field(default="", metadata={"help": "offline dataset; empty: the one --init was pretrained on"})
+    data: str = field(default="", metadata={"help": _DATA_HELP})
     out: str = ""
     steps: int = field(default=5_000, metadata={"help": "environment steps"})
     seed: int = 0
@@ -112,13 +111,56 @@ class FinetuneConfig:
     sac: SACConfig = SACConfig()
 
 
+@dataclass(frozen=True)
+class ServeConfig:
+    """The trainer service: fine-tune a pretrained ensemble from the episodes robots stream in and
+    push its weights back to them (the networked twin of FinetuneConfig; steps are online
+    transitions received, updates are gradient steps)."""
+
+    init: str = field(default="", metadata={"help": "pretrain run whose ensemble is fine-tuned (required)"})
+    data: str = field(default="", metadata={"help": _DATA_HELP})
+    out: str = field(default="", metadata={"help": "run directory; the robots' episodes go to OUT/storage/dataset"})
+    bind: str = field(default="tcp://*:5555", metadata={"help": "ZeroMQ endpoint robots connect to (port 0: any free)"})
+    key: str = field(default="", metadata={"help": "the trainer's NAME.key_secret (o2o-keys generate)"})
+    allow: str = field(default="", metadata={"help": "directory of the robots' public NAME.key files"})
+    insecure: bool = field(default=False, metadata={"help": "no authentication or encryption (trusted networks only)"})
+    steps: int = field(
+        default=0, metadata={"help": "online transitions to receive, then stop; 0: run until SIGINT or SIGTERM"}
+    )
+    seed: int = 0
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
+    threads: int = field(default=0, metadata={"help": _THREADS_HELP})
+    resume: bool = field(default=False, metadata={"help": _RESUME_HELP})
+    preset: str = field(default="paper", metadata={"help": _PRESET_HELP})
+    updates_per_step: int = field(
+        default=1, metadata={"help": "updates allowed per online transition received (the update-to-data cap)"}
+    )
+    push_every: int = field(default=500, metadata={"help": "updates between weight pushes to the robots"})
+    first_version: int = field(
+        default=2, metadata={"help": "version of the first push (the robot starts with the export, version 1)"}
+    )
+    log_every: int = field(default=50, metadata={"help": "updates between metric lines"})
+    checkpoint_every: int = field(default=1_000, metadata={"help": "updates between checkpoints"})
+    learner: LearnerConfig = LearnerConfig()
+    replay: ReplayConfig = ReplayConfig()
+    network: NetworkConfig = field(
+        default=NetworkConfig(), metadata={"help": "comes from --init; --ensemble-size takes its first members"}
+    )
+    sac: SACConfig = SACConfig()
+
+
 # Presets are whole configs that the command-line flags then override. `paper` (the default)
 # follows the paper and the CQL reference: 5 members with their own minibatches of 256, hidden
 # width 256, one-step targets. `cpu` is the recipe that learned PickPlace from pixels on a
 # 2-core CPU (README, "Learning PickPlace on a CPU"): 2 members, hidden width 128, one minibatch
 # of 64 shared by the members, 3-step returns and 2,000 cloning steps that also train the
-# encoder; fine-tuning with batches of 128 after 400 warm-up steps.
+# encoder; fine-tuning (local or from robots) with batches of 128 after 400 warm-up steps.
 _CPU_NETWORK = NetworkConfig(ensemble_size=2, hidden_dim=128)
+_CPU_ONLINE = {  # fine-tuning, local or from robots
+    "learner": LearnerConfig(batch_size=128, ratio_batch_size=128, warmup=400),
+    "network": _CPU_NETWORK,
+    "sac": dataclasses.replace(SACConfig(), n_step=3),
+}
 PRESETS: dict[type, dict[str, Any]] = {
     PretrainConfig: {
         "paper": PretrainConfig(),
@@ -133,13 +175,9 @@ PRESETS: dict[type, dict[str, Any]] = {
     },
     FinetuneConfig: {
         "paper": FinetuneConfig(),
-        "cpu": FinetuneConfig(
-            preset="cpu",
-            learner=LearnerConfig(batch_size=128, ratio_batch_size=128, warmup=400),
-            network=_CPU_NETWORK,
-            sac=dataclasses.replace(FinetuneConfig().sac, n_step=3),
-        ),
+        "cpu": FinetuneConfig(preset="cpu", **_CPU_ONLINE),
     },
+    ServeConfig: {"paper": ServeConfig(), "cpu": ServeConfig(preset="cpu", **_CPU_ONLINE)},
 }
 
 
@@ -164,6 +202,7 @@ _CHOICES = {
     ("LearnerConfig", "strategy"): STRATEGIES,
     ("PretrainConfig", "preset"): tuple(PRESETS[PretrainConfig]),
     ("FinetuneConfig", "preset"): tuple(PRESETS[FinetuneConfig]),
+    ("ServeConfig", "preset"): tuple(PRESETS[ServeConfig]),
 }
 
 

@@ -9,7 +9,6 @@ Evaluations with the deterministic action (tanh of the mixture mean, as the robo
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -18,38 +17,21 @@ import numpy as np
 
 from robot_node.link_interface import Transition
 from trainer.agent import EnsembleAgent
-from trainer.checkpoint import RunError, agent_from_checkpoint, read_checkpoint, save_checkpoint
+from trainer.checkpoint import save_checkpoint
 from trainer.config import FinetuneConfig, write_config
 from trainer.evaluate import check_env_specs, evaluate, make_env, split_obs
-from trainer.learner import OnlineLearner
 from trainer.metrics import MetricsLogger, RunningMean
-from trainer.offline_data import load_offline
-from trainer.plot import plot_runs
-from trainer.run import (
-    check_finite,
-    new_agent,
-    prepare_run_dir,
-    progress,
-    resolve_device,
-    seed_everything,
-    set_threads,
-)
+from trainer.online import build_learner, pretrained_agent, train, write_summary
+from trainer.run import new_agent, prepare_run_dir, progress, resolve_device, seed_everything, set_threads
 
 
 def agent_and_data(config: FinetuneConfig, given: set[str], env: gym.Env) -> tuple[EnsembleAgent, str]:
     """The agent to fine-tune and the offline dataset that goes with it."""
-    spec, action_spec = env.unwrapped.observation_spec, env.unwrapped.action_spec
     if not config.init:
-        return new_agent(spec, action_spec, config.network), config.data
-    payload = read_checkpoint(config.init)
-    shape_flags = sorted(name for name in given if name.startswith("network.") and name != "network.ensemble_size")
-    if shape_flags:
-        flag = shape_flags[0].split(".", 1)[1].replace("_", "-")
-        raise RunError(f"--{flag}: the network's shape comes from --init {config.init}")
-    size = config.network.ensemble_size if "network.ensemble_size" in given else None
-    agent = agent_from_checkpoint(payload, size)
+        return new_agent(env.unwrapped.observation_spec, env.unwrapped.action_spec, config.network), config.data
+    agent, data = pretrained_agent(config.init, config.data, config.network, given)
     check_env_specs(env, agent.observation_spec, agent.action_spec, f"--init {config.init}")
-    return agent, config.data or payload.get("dataset", "")
+    return agent, data
 
 
 def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Path:
@@ -60,21 +42,15 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
     env, eval_env = make_env(config.env, config.env_kwargs), make_env(config.env, config.env_kwargs)
     agent, data = agent_and_data(config, given, env)
     agent.to(device)
-    freeze = config.learner.freeze_encoder if config.learner.freeze_encoder is not None else bool(config.init)
-    offline = None
-    if config.replay.mode != "online_only":
-        if not data:
-            raise RunError(
-                f"--replay {config.replay.mode} needs offline data: give --data DIR or --init a pretrained run"
-            )
-        _, offline = load_offline(data, agent.observation_spec, agent.action_spec)
-        if not config.init:  # a pretrained agent brings the normalisation it was trained with
-            agent.normalise_states_like(offline.states[: offline.num_frames])
-    learner_config = dataclasses.replace(config.learner, freeze_encoder=freeze)
-    learner = OnlineLearner(agent, learner_config, config.sac, config.replay, offline, seed=config.seed)
+    learner = build_learner(config, agent, data, pretrained=bool(config.init))
     dataset = str(Path(data).resolve()) if data else ""
     write_config(
-        run_dir, config, device, freeze_encoder_online=freeze, dataset=dataset, network=dataclasses.asdict(agent.config)
+        run_dir,
+        config,
+        device,
+        freeze_encoder_online=learner.config.freeze_encoder,
+        dataset=dataset,
+        network=dataclasses.asdict(agent.config),
     )
 
     logger = MetricsLogger(run_dir)
@@ -123,11 +99,7 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
                 )
                 obs, _ = env.reset()
                 episode, episode_step, episode_return = episode + 1, 0, 0.0
-            for _ in range(config.updates_per_step):
-                metrics = learner.update()
-                if metrics is not None:
-                    check_finite(metrics, learner.train_step)
-                    means.add(metrics)
+            train(learner, means, config.updates_per_step)
             bar.update(1)
             if step % config.log_every == 0:
                 logger.log(step, means.pop())
@@ -159,6 +131,5 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
         "replay": learner.replay.counters,
         "rejected": learner.rejected,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    plot_runs([run_dir], run_dir / "curves.png")
+    write_summary(run_dir, summary)
     return run_dir

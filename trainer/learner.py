@@ -169,6 +169,14 @@ class OnlineLearner:
             state["ratio"] = self.ratio.net.state_dict()
         return state
 
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()` (optimisers, temperature, step count, density ratio);
+        the replay is refilled by the caller."""
+        self.sac.load_state_dict(state["sac"])
+        self.train_step = int(state["train_step"])
+        if self.ratio is not None and "ratio" in state:
+            self.ratio.net.load_state_dict(state["ratio"])
+
 
 def check_transition(t: Transition, agent: EnsembleAgent) -> str | None:
     """The first thing wrong with a streamed transition, as a short reason, or None."""

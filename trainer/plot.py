@@ -17,6 +17,7 @@ from trainer.metrics import METRICS_NAME, read_metrics  # noqa: E402
 PANELS = [
     ("eval/success_rate", "evaluation success rate", 1),
     ("eval/return", "evaluation return", 1),
+    ("episode/success", "training episode success", 10),
     ("episode/return", "training episode return", 10),
     ("q_data", "Q on replayed actions", 1),
     ("replay/offline_fraction", "offline share of each batch", 1),
