@@ -100,6 +100,13 @@ class ZmqTrainerLink:
         self._monitor: zmq.Socket | None = None
         self._poller = zmq.Poller()
         self._stop = threading.Event()
+        try:  # here, not on the link thread: an address libzmq refuses is the caller's error
+            self._open_socket()
+        except zmq.ZMQError as exc:
+            self._close_socket()
+            self._context.destroy(linger=0)
+            self._spool.close()
+            raise LinkConfigError(f"endpoint {config.endpoint!r} is not an address to connect to ({exc}); e.g. tcp://trainer.local:5555") from None
         self._thread = threading.Thread(target=self._run, name=f"trainer-link-{config.robot_id}", daemon=True)
         self._thread.start()
 
@@ -138,7 +145,6 @@ class ZmqTrainerLink:
     # ---------------------------------------------------------------- the link thread
 
     def _run(self) -> None:
-        self._open_socket()
         while not self._stop.is_set():
             try:
                 self._spool_submitted()
@@ -348,11 +354,11 @@ class ZmqTrainerLink:
         if self._curve is not None:
             sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self._curve
         self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
+        self._socket = sock  # from here on _close_socket releases it, should connect fail
         sock.connect(cfg.endpoint)
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
-        self._socket = sock
         self._socket_opened = time.monotonic()
         self._last_hello = 0.0
 

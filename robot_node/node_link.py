@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import zmq
 
 from robot_node.keys import KeyFileError, load_keypair, load_public
 from robot_node.link import LinkConfig, LinkConfigError, ZmqTrainerLink
@@ -76,7 +75,6 @@ def make_link(params: NodeParams, model: PolicyRunner, logger: Logger) -> Traine
         return NoTrainerLink()
     if not params.insecure:
         _check_keys(params)
-    _check_endpoint(params.trainer_endpoint)
     config = link_config(params, model)
     forward_logs(logger)
     try:
@@ -105,21 +103,6 @@ def _check_keys(params: NodeParams) -> None:
             load(getattr(params, name))
         except KeyFileError as exc:
             raise ConfigError(f"{name} {exc}") from None
-
-
-def _check_endpoint(endpoint: str) -> None:
-    """Refuse an address libzmq cannot connect to now, rather than in the link's thread later.
-    A host name that does not resolve yet is fine: the link keeps trying, as after a drop-out."""
-    context = zmq.Context()
-    socket = context.socket(zmq.DEALER)
-    socket.linger = 0
-    try:
-        socket.connect(endpoint)
-    except zmq.ZMQError as exc:
-        raise ConfigError(f"trainer_endpoint {endpoint!r} is not an address to connect to ({exc}); e.g. tcp://trainer.local:5555") from None
-    finally:
-        socket.close()
-        context.term()
 
 
 class _ToNodeLogger(logging.Handler):

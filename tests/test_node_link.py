@@ -3,11 +3,12 @@ parameters become, the one-line configuration errors, and a real ZmqTrainerLink 
 says so in the node's log and closes with its spool kept."""
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from node_helpers import ListLogger, constant_model
+from node_helpers import ListLogger, constant_model, wait_until
 
 from robot_node.keys import generate
 from robot_node.link import ZmqTrainerLink
@@ -16,6 +17,8 @@ from robot_node.node_link import LINK_LOGGER, NoTrainerLink, link_config, make_l
 from robot_node.params import ConfigError, NodeParams
 from robot_node.policy import load_policy_file
 from robot_node.spool import Spool
+from trainer.link import ServerConfig, TrainerServer
+from trainer.transition_store import TransitionStore
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +94,7 @@ def spool_under_a_file(tmp_path: Path, keys: Path) -> dict:
         (lambda tmp, keys: dict(secret_key_file="/nonexistent/arm1.key_secret"), "secret_key_file /nonexistent/arm1.key_secret: no such key file"),
         (lambda tmp, keys: dict(trainer_key_file="/nonexistent/trainer.key"), "trainer_key_file /nonexistent/trainer.key: no such key file"),
         (lambda tmp, keys: dict(secret_key_file=str(keys / "arm1.key")), "secret_key_file .*arm1.key: holds no secret key"),
-        (lambda tmp, keys: dict(trainer_endpoint="tcp://127.0.0.1"), "trainer_endpoint 'tcp://127.0.0.1' is not an address"),
+        (lambda tmp, keys: dict(trainer_endpoint="tcp://127.0.0.1"), "trainer link: endpoint 'tcp://127.0.0.1' is not an address to connect to"),
         (spool_under_a_file, "spool_dir: cannot keep a spool in"),
     ],
 )
@@ -145,3 +148,23 @@ def test_insecure_needs_no_keys_and_warns_at_start_up(tmp_path, model):
     link = make_link(params(trainer_endpoint="tcp://127.0.0.1:1", insecure=True, spool_dir=str(tmp_path)), model, logger)
     link.close()
     assert any("WITHOUT authentication or encryption" in line for line in logger.lines)
+
+
+def test_a_node_with_an_allowed_key_costs_the_trainer_no_failed_handshake(tmp_path, keys, model):
+    """The node once checked its address with a throwaway socket that connected without keys:
+    the trainer counted and logged a failed CURVE handshake at every node start."""
+    (keys / "robots").mkdir()
+    shutil.copy(keys / "arm1.key", keys / "robots")
+    store = TransitionStore(
+        tmp_path / "trainer", observation_spec=model.observation_spec, action_spec=model.action_spec,
+        task="t", env_id="e", max_episode_steps=10, sync=False,
+    )
+    server = TrainerServer(ServerConfig(bind="tcp://127.0.0.1:0", secret_key=str(keys / "trainer.key_secret"), allow_dir=str(keys / "robots")), store)
+    try:
+        link = make_link(secure(keys, trainer_endpoint=server.endpoint, spool_dir=str(tmp_path / "spool")), model, ListLogger())
+        wait_until(lambda: link.status().connected, 30, "the node's link to connect")
+        link.close()
+        wait_until(lambda: not server.status()["robots"] or server.counters["robots_lost"], 30, "the trainer to see the robot go")
+        assert server.status()["counters"]["refused"] == 0, server.status()["counters"]
+    finally:
+        server.close()

@@ -221,3 +221,20 @@ def test_a_storage_in_use_by_another_trainer_stops_the_command_in_one_line(pretr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"o2o-trainer serve: error: storage {out / 'storage'}"), lines
     assert "Traceback" not in result.stderr
+
+
+def test_steps_end_the_run_while_the_robot_keeps_streaming(pretrained, tmp_path):
+    """A robot does not stop at --steps: episodes beyond it are stored, not trained on, so the
+    update cap stops growing and the run ends (it used to follow the stream for ever)."""
+    run, data = pretrained
+    out = tmp_path / "serve"
+    service, endpoint = start_serve(run, out, "--steps", "60", "--push-every", "1000")
+    robot = open_robot(endpoint, tmp_path / "spool", data)
+    try:
+        send_episodes(robot, data, range(8))  # 160 transitions, all at once
+        assert stop(service) == 0, service.output()
+    finally:
+        robot.close()
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["transitions"], summary["updates"]) == (60, 41)
+    assert summary["replay"]["transitions"] == 60

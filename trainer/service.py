@@ -135,6 +135,7 @@ class _Service:
         self.loaded: set[str] = set()  # dataset files of the episodes loaded from storage at start
         self.successes: list[bool] = []  # of every episode, in arrival order
         self.pushes = 0
+        self.beyond_steps = 0  # episodes stored after --steps was reached, not trained on
         self.warned: set[str] = set()
         self.logger = MetricsLogger(self.run_dir, append=payload is not None)
         self.means = RunningMean()
@@ -241,6 +242,11 @@ class _Service:
 
     def _arrived(self, episode: Episode, record: EpisodeRecord) -> None:
         if record.file in self.loaded:  # written while the stored episodes were being loaded
+            return
+        if self.config.steps and self.received >= self.config.steps:
+            # Robots keep streaming while the last allowed updates run: their episodes are in the
+            # storage dataset, but counting them would raise the cap and the run would never end.
+            self.beyond_steps += 1
             return
         self._add(episode, record)
         success = float(record.success)
@@ -352,6 +358,7 @@ class _Service:
         summary = {
             "episodes": len(self.successes),
             "transitions": self.received,
+            "episodes_beyond_steps": self.beyond_steps,
             "updates": learner.train_step,
             "pushes": self.pushes,
             "last_version": self.pushed,
