@@ -1,5 +1,6 @@
 """The trainer's transition store: exactly-once storage across duplicates and restarts."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -62,6 +63,19 @@ def test_duplicates_are_acknowledged_but_stored_once(tmp_path):
     assert (line["robot_id"], line["episode_id"]) == ("robot1", items[0].transition.episode_id)
     assert (seen[0].robot_id, seen[0].episode_id) == ("robot1", items[0].transition.episode_id)
     assert seen[0] == open_dataset(tmp_path / "dataset").records[0]  # and read back as written
+
+
+def test_an_episode_that_earned_reward_before_its_time_limit_is_a_success(tmp_path):
+    """A node that does not end episodes on success (the simulator's setting) streams them to the
+    time limit: reward mid-episode then a truncated last step is still a success, as in the
+    simulator's own datasets; an episode without reward is not."""
+    earned = [dataclasses.replace(t, reward=1.0 if t.step == 4 else 0.0, terminal=False, truncated=t.is_last) for t in stream(EPISODE_STEPS)]
+    nothing = [dataclasses.replace(t, reward=0.0) for t in stream(EPISODE_STEPS, start=EPISODE_STEPS)]
+    store = open_store(tmp_path)
+    add(store, "robot1", decoded(earned + nothing))
+    written(store, 2)
+    store.close()
+    assert [r.success for r in open_dataset(tmp_path / "dataset").records] == [True, False]
 
 
 def test_same_episode_id_from_two_robots_are_two_episodes(tmp_path):
