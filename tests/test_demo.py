@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from node_helpers import wait_until
 
 from robot_node.dataset import open_dataset
 
@@ -50,3 +51,34 @@ def test_the_demo_fine_tunes_on_the_simulated_robot_and_reuses_finished_stages(t
 def test_bad_settings_end_with_one_line():
     result = subprocess.run([DEMO, "--online-steps", "0"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("o2o-demo: error: counts must be positive")
+
+
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_stops_the_demo_and_the_processes_it_started(tmp_path):
+    out = tmp_path / "demo"
+    endless = [*SMALL, "--online-steps", "100000"]  # argparse: the last value wins
+    log = tmp_path / "demo.log"
+    with open(log, "w") as sink:  # a file: a pipe nobody reads would fill up and stall the demo
+        demo = subprocess.Popen([DEMO, "--out", str(out), *endless], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: len(children_of(demo.pid)) == 3 and (out / "finetune" / "config.json").is_file(), 300, "trainer, bridge and node running")
+        started = children_of(demo.pid)
+        demo.terminate()
+        demo.wait(timeout=120)
+    finally:
+        demo.kill()
+    output = log.read_text()
+    assert demo.returncode == 130 and "interrupted; run it again to continue" in output, output[-2000:]
+    assert not [pid for pid in started if Path(f"/proc/{pid}").exists()]

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -64,9 +65,9 @@ class DemoConfig:
     episodes: int = 500  # offline dataset: scripted attempts and 30 % random rollouts
     pretrain_steps: int = 5_000
     online_steps: int = 4_000  # robot transitions the trainer fine-tunes on
-    push_every: int = 500  # updates between weight pushes
+    push_every: int = 250  # updates between weight pushes: an export costs 1-3 s of the learner's time
     warmup: int = 0  # robot transitions before the first update; 0: the cpu preset's
-    speed: float = 3.0  # simulated seconds per wall-clock second
+    speed: float = 1.5  # simulated seconds per wall-clock second: about what the learner keeps up with on 2 cores
     eval_episodes: int = 20
     seed: int = 0
     domain_id: int = 0  # 0: derived from the process id
@@ -74,6 +75,7 @@ class DemoConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)  # as Ctrl-C: the deployed processes are stopped too
     started = time.monotonic()
     try:
         data = stage_data(config)
@@ -231,6 +233,10 @@ def plot(config: DemoConfig, finetuned: Path, scores: dict[str, float]) -> Path:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def announce(number: int, what: str) -> None:
