@@ -416,6 +416,7 @@ def test_an_allowed_key_cannot_speak_for_another_robot(tmp_path, keys, cleanup):
     cleanup(impostor.close)
     impostor.submit(transition(0, 0))
     wait_for(lambda: server.counters["refused.robot_id"] >= 1, DEADLINE_S, "the impostor's hello refused")
-    assert "authenticated by the key in robot2.key said hello as 'robot1'" in impostor.status().detail
+    # The trainer counts the refusal before its answer reaches the robot: wait for the answer too.
+    wait_for(lambda: "authenticated by the key in robot2.key said hello as 'robot1'" in impostor.status().detail, DEADLINE_S, "the refusal at the impostor")
     assert not impostor.status().connected and impostor.status().counters["acked"] == 0
     assert honest.status().connected and set(server.status()["robots"]) == {"robot1"}

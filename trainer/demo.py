@@ -136,7 +136,7 @@ def stage_data(config: DemoConfig) -> Path:
 
 def stage_pretrain(config: DemoConfig, data: Path) -> Path:
     run = config.out / "pretrain"
-    settings = {"steps": config.pretrain_steps, "seed": config.seed, "data": str(data.resolve())}
+    settings = {"steps": config.pretrain_steps, "seed": config.seed, "after": finished(data)}
     if reusable(run, settings):
         return run
     announce(2, f"pretraining the CQL ensemble offline ({config.pretrain_steps} steps, preset cpu)")
@@ -152,7 +152,10 @@ def stage_pretrain(config: DemoConfig, data: Path) -> Path:
 
 def stage_finetune(config: DemoConfig, pretrained: Path) -> Path:
     run = config.out / "finetune"
-    settings = {"online_steps": config.online_steps, "push_every": config.push_every, "warmup": config.warmup, "speed": config.speed, "seed": config.seed}
+    settings = {
+        "online_steps": config.online_steps, "push_every": config.push_every, "warmup": config.warmup,
+        "speed": config.speed, "seed": config.seed, "after": finished(pretrained),
+    }
     if reusable(run, settings):
         return run
     announce(3, f"fine-tuning on the simulated robot: {config.online_steps} transitions at {config.speed:g}x real time")
@@ -183,7 +186,7 @@ def stage_finetune(config: DemoConfig, pretrained: Path) -> Path:
 def stage_evaluate(config: DemoConfig, pretrained: Path, finetuned: Path) -> dict[str, float]:
     """Both ensembles on the same fixed-seed episodes, acting on the mixture's mean."""
     path = config.out / "evaluation.json"
-    settings = {"episodes": config.eval_episodes, "finetuned": str(finetuned.resolve())}
+    settings = {"episodes": config.eval_episodes, "after": finished(finetuned)}
     if path.is_file() and json.loads(path.read_text()).get("settings") == settings:
         return json.loads(path.read_text())["success_rate"]
     announce(4, f"judging the pretrained and the fine-tuned ensemble on {config.eval_episodes} fixed-seed episodes")
@@ -244,16 +247,22 @@ def announce(number: int, what: str) -> None:
 
 
 def reusable(path: Path, settings: dict) -> bool:
-    """The stage's output is there, finished, with these settings."""
-    marker = path / "demo_stage.json"
-    if marker.is_file() and json.loads(marker.read_text()) == settings:
+    """The stage's output is there, finished, with these settings (which name the run of the
+    stage before: a stage redone makes every later one run again)."""
+    if finished(path).get("settings") == settings:
         print(f"[{PROG}] reusing {path} (delete it to redo that stage)")
         return True
     return False
 
 
+def finished(path: Path) -> dict:
+    """A finished stage's marker: its settings and when it finished; {} if it did not finish."""
+    marker = path / "demo_stage.json"
+    return json.loads(marker.read_text()) if marker.is_file() else {}
+
+
 def mark_done(path: Path, settings: dict) -> None:
-    (path / "demo_stage.json").write_text(json.dumps(settings) + "\n")
+    (path / "demo_stage.json").write_text(json.dumps({"settings": settings, "finished": time.time()}) + "\n")
 
 
 def make_keys(root: Path) -> Path:
