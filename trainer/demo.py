@@ -187,8 +187,9 @@ def stage_evaluate(config: DemoConfig, pretrained: Path, finetuned: Path) -> dic
     """Both ensembles on the same fixed-seed episodes, acting on the mixture's mean."""
     path = config.out / "evaluation.json"
     settings = {"episodes": config.eval_episodes, "after": finished(finetuned)}
-    if path.is_file() and json.loads(path.read_text()).get("settings") == settings:
-        return json.loads(path.read_text())["success_rate"]
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    if previous.get("settings") == settings:
+        return previous["success_rate"]
     announce(4, f"judging the pretrained and the fine-tuned ensemble on {config.eval_episodes} fixed-seed episodes")
     set_threads(1)
     env = make_env(ENV_ID)
@@ -307,13 +308,12 @@ class Processes:
                     process.wait()
 
     def start(self, name: str, command: list[str], to_terminal: bool = False) -> subprocess.Popen:
-        executable = Path(sys.executable).with_name(command[0])
-        log = open(self.log_path(name), "w")
-        process = subprocess.Popen(
-            [str(executable), *command[1:]], env=self.env, text=True,
-            stdout=subprocess.PIPE if to_terminal else log, stderr=None if to_terminal else subprocess.STDOUT,
-        )
-        log.close()
+        argv = [str(Path(sys.executable).with_name(command[0])), *command[1:]]
+        if to_terminal:  # its stdout is read here; its stderr (progress bar, log) is the terminal's
+            process = subprocess.Popen(argv, env=self.env, text=True, stdout=subprocess.PIPE)
+        else:
+            with open(self.log_path(name), "w") as log:
+                process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         process.name = name
         self.running[name] = process
         return process

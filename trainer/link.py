@@ -397,15 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = ServerConfig(bind=args.bind, secret_key=args.key, allow_dir=args.allow, insecure=args.insecure, heartbeat_s=args.heartbeat, peer_timeout_s=args.timeout)
     try:
-        store = TransitionStore(
-            args.storage,
-            observation_spec=template.observation_spec,
-            action_spec=template.action_spec,
-            task=template.task,
-            env_id=template.env_id,
-            max_episode_steps=template.max_episode_steps,
-            sync=not args.no_sync,
-        )
+        store = TransitionStore.like(args.storage, template, sync=not args.no_sync)
     except (StoreError, DatasetError, OSError) as exc:
         print(f"trainer.link: {exc}", file=sys.stderr)
         return 2

@@ -385,14 +385,6 @@ def _offline_template(data: str, agent: EnsembleAgent) -> Dataset:
 
 def _open_storage(root: Path, template: Dataset, episodes: queue.Queue) -> TransitionStore:
     try:
-        return TransitionStore(
-            root,
-            observation_spec=template.observation_spec,
-            action_spec=template.action_spec,
-            task=template.task,
-            env_id=template.env_id,
-            max_episode_steps=template.max_episode_steps,
-            on_episode=lambda episode, record: episodes.put((episode, record)),
-        )
+        return TransitionStore.like(root, template, on_episode=lambda episode, record: episodes.put((episode, record)))
     except (StoreError, DatasetError, OSError) as exc:
         raise RunError(f"storage {root}: {exc}") from None

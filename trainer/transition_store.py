@@ -30,7 +30,7 @@ import msgpack
 import numpy as np
 
 from robot_node.counters import Counters
-from robot_node.dataset import MANIFEST_NAME, DatasetError, DatasetWriter, Episode, EpisodeRecord
+from robot_node.dataset import MANIFEST_NAME, Dataset, DatasetError, DatasetWriter, Episode, EpisodeRecord
 from robot_node.link_interface import Transition
 from robot_node.protocol import DecodedItem, ProtocolError, Specs, decode_item
 from robot_node.record_log import RecordFormatError, SegmentLog, blob_record, read_blob_record
@@ -112,6 +112,20 @@ class TransitionStore:
         self._thread.start()
         for key in [k for k, p in self._pending.items() if p.complete()]:
             self._hand_over(key)
+
+    @classmethod
+    def like(cls, root: str | os.PathLike[str], template: Dataset, **options) -> TransitionStore:
+        """A store whose robots' episodes share the task, env id, episode length and specs of
+        `template` (the offline dataset); `options` as for the constructor."""
+        return cls(
+            root,
+            observation_spec=template.observation_spec,
+            action_spec=template.action_spec,
+            task=template.task,
+            env_id=template.env_id,
+            max_episode_steps=template.max_episode_steps,
+            **options,
+        )
 
     @property
     def dataset_dir(self) -> Path:
