@@ -64,6 +64,17 @@ def test_lagrange_variant_tunes_its_multiplier():
     assert sac.log_cql_multiplier is not None and "log_cql_multiplier" in sac.state_dict()
 
 
+def test_lagrange_multiplier_loss_averages_the_twins():
+    # One multiplier per member weighs both twin heads' gaps: its gradient is the twins' mean
+    # gap against the target (the reference's 0.5 * (twin 1 + twin 2)), not their sum.
+    agent = EnsembleAgent(OBS, ActionSpec(), NET)
+    sac = EnsembleSAC(agent, SACConfig(), policy="members", cql=CQLConfig(alpha=1.0, lagrange=True, target_action_gap=0.0))
+    gap = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
+    sac._cql_loss(gap, {})
+    assert sac.log_cql_multiplier is not None and sac.log_cql_multiplier.grad is not None
+    torch.testing.assert_close(sac.log_cql_multiplier.grad, torch.tensor([-2.0, -2.0]))
+
+
 def td_target_with_zero_target_critic(config: SACConfig) -> float:
     """The mean TD target of one update where the target critic answers 0 for every action,
     so the target is r + discount * (0 - α log π) with the soft backup and r without it."""

@@ -69,6 +69,15 @@ def test_moment_matching_equals_a_monte_carlo_estimate_of_the_mixture():
     assert (mixture_log_std[0].exp() > log_stds[:, 0].exp().mean(0)).all()
 
 
+def test_moment_matching_keeps_its_precision_far_from_zero():
+    # Members that agree on a large mean and the narrowest spread: the mixture is that member.
+    # E[σ² + μ²] − μ̄² in float32 gave log σ ≈ −4.5 here (at |μ| = 10: −4.996) instead of −5.
+    means = torch.full((5, 1, 4), 30.0)
+    log_stds = torch.full((5, 1, 4), -5.0)
+    _, mixture_log_std = moment_match(means, log_stds)
+    torch.testing.assert_close(mixture_log_std, torch.full((1, 4), -5.0), atol=1e-4, rtol=0)
+
+
 def test_squashed_gaussian_log_prob_matches_torch_distributions():
     torch.manual_seed(3)
     mean, log_std = torch.randn(6, 4), torch.rand(6, 4) - 1.0

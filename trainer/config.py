@@ -22,7 +22,7 @@ from trainer.cql import CQLConfig
 from trainer.learner import STRATEGIES, LearnerConfig
 from trainer.networks import NetworkConfig
 from trainer.replay import REPLAY_MODES, ReplayConfig
-from trainer.sac import SACConfig
+from trainer.sac import NEXT_ACTIONS, SACConfig
 
 _PRESET_HELP = "paper | cpu: the defaults that the other flags override (README)"
 _THREADS_HELP = "CPU threads for torch; 0: torch's default. Where other processes share the cores, 1 is fastest"
@@ -100,7 +100,13 @@ class FinetuneConfig:
     preset: str = field(default="paper", metadata={"help": _PRESET_HELP})
     updates_per_step: int = 1
     eval_every: int = field(default=1_000, metadata={"help": "environment steps between deterministic evaluations"})
-    eval_episodes: int = 10
+    eval_dense_every: int = field(
+        default=250, metadata={"help": "steps between evaluations up to --eval-dense-until (0: none extra)"}
+    )
+    eval_dense_until: int = field(default=1_000, metadata={"help": "the first online steps evaluated densely"})
+    eval_episodes: int = field(
+        default=10, metadata={"help": "fixed-seed episodes per evaluation (standard error ≈ 0.5/√n: 50 for ±0.07)"}
+    )
     log_every: int = 50
     checkpoint_every: int = 1_000
     learner: LearnerConfig = LearnerConfig()
@@ -198,6 +204,7 @@ _CLI_NAMES = {
 _CHOICES = {
     ("ReplayConfig", "mode"): REPLAY_MODES,
     ("NetworkConfig", "encoder"): ("shared", "per_member"),
+    ("SACConfig", "next_action"): NEXT_ACTIONS,
     ("PretrainConfig", "member_batches"): ("independent", "shared"),
     ("LearnerConfig", "strategy"): STRATEGIES,
     ("PretrainConfig", "preset"): tuple(PRESETS[PretrainConfig]),

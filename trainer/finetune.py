@@ -3,7 +3,10 @@
 No ROS and no network: the env stands in for the robot, and its steps reach the learner as
 the same `Transition`s a robot would stream, so what is studied here is what runs later.
 Evaluations with the deterministic action (tanh of the mixture mean, as the robot's
-`action` output) run on fixed seeds at step 0 and every `eval_every` steps.
+`action` output) run on fixed seeds at step 0, densely over the first online steps and every
+`eval_every` steps after. They draw nothing from the training run's random streams (the
+evaluation env has its own seeds, the deterministic action samples nothing), so evaluating
+more often or with more episodes leaves the training run itself unchanged.
 """
 
 from __future__ import annotations
@@ -16,22 +19,33 @@ import gymnasium as gym
 import numpy as np
 
 from robot_node.link_interface import Transition
-from trainer.agent import EnsembleAgent
 from trainer.checkpoint import save_checkpoint
 from trainer.config import FinetuneConfig, write_config
 from trainer.evaluate import check_env_specs, evaluate, make_env, split_obs
 from trainer.metrics import MetricsLogger, RunningMean
-from trainer.online import build_learner, pretrained_agent, train, write_summary
+from trainer.online import Pretrained, build_learner, pretrained_agent, train, write_summary
 from trainer.run import new_agent, prepare_run_dir, progress, resolve_device, seed_everything, set_threads
 
 
-def agent_and_data(config: FinetuneConfig, given: set[str], env: gym.Env) -> tuple[EnsembleAgent, str]:
-    """The agent to fine-tune and the offline dataset that goes with it."""
+def agent_and_data(config: FinetuneConfig, given: set[str], env: gym.Env) -> Pretrained:
+    """The agent to fine-tune and the offline dataset that goes with it (from scratch: a new
+    agent, --data, and --init-alpha)."""
     if not config.init:
-        return new_agent(env.unwrapped.observation_spec, env.unwrapped.action_spec, config.network), config.data
-    agent, data = pretrained_agent(config.init, config.data, config.network, given)
-    check_env_specs(env, agent.observation_spec, agent.action_spec, f"--init {config.init}")
-    return agent, data
+        agent = new_agent(env.unwrapped.observation_spec, env.unwrapped.action_spec, config.network)
+        return Pretrained(agent, config.data, config.sac.init_alpha)
+    pretrained = pretrained_agent(config.init, config.data, config.network, given)
+    check_env_specs(env, pretrained.agent.observation_spec, pretrained.agent.action_spec, f"--init {config.init}")
+    return pretrained
+
+
+def evaluation_due(step: int, config: FinetuneConfig) -> bool:
+    """Evaluations every --eval-dense-every steps up to --eval-dense-until, where a pretrained
+    policy is most at risk, then every --eval-every, and at the last step."""
+    if step == config.steps:
+        return True
+    if step <= config.eval_dense_until and config.eval_dense_every > 0 and step % config.eval_dense_every == 0:
+        return True
+    return config.eval_every > 0 and step % config.eval_every == 0
 
 
 def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Path:
@@ -40,9 +54,9 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
     set_threads(config.threads)
     rng = seed_everything(config.seed)
     env, eval_env = make_env(config.env, config.env_kwargs), make_env(config.env, config.env_kwargs)
-    agent, data = agent_and_data(config, given, env)
-    agent.to(device)
-    learner = build_learner(config, agent, data, pretrained=bool(config.init))
+    start = agent_and_data(config, given, env)
+    agent, data = start.agent.to(device), start.data
+    learner = build_learner(config, agent, data, pretrained=bool(config.init), alpha=start.alpha)
     dataset = str(Path(data).resolve()) if data else ""
     write_config(
         run_dir,
@@ -103,7 +117,7 @@ def finetune_local(config: FinetuneConfig, given: set[str] = frozenset()) -> Pat
             bar.update(1)
             if step % config.log_every == 0:
                 logger.log(step, means.pop())
-            if step % config.eval_every == 0 or step == config.steps:
+            if evaluation_due(step, config):
                 final = evaluate(agent, eval_env, config.eval_episodes)
                 logger.log(step, final)
                 bar.set_postfix(success=f"{final['eval/success_rate']:.2f}", ret=f"{final['eval/return']:.2f}")

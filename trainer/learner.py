@@ -25,6 +25,7 @@ import torch
 
 from robot_node.link_interface import PolicyWeights, Transition
 from trainer.agent import EnsembleAgent
+from trainer.cql import CQLConfig
 from trainer.density_ratio import DensityRatioEstimator, priorities
 from trainer.export import export_onnx
 from trainer.frame_store import FrameStore
@@ -46,10 +47,34 @@ class LearnerConfig:
     ratio_lr: float = 3e-4
     ratio_hidden: int = 128  # its first layer sees every encoder feature: 3,872 wide at 64x64
     strategy: str = field(default="pessimistic_ensemble", metadata={"help": "online learning strategy"})
+    actor_delay: int = field(
+        default=0,
+        metadata={"help": "first updates that train only the critics, leaving the pretrained actor and α as they are"},
+    )
+    actor_ramp: int = field(
+        default=0, metadata={"help": "updates after the delay over which the actor's learning rate rises from 0"}
+    )
+    carry_alpha: bool = field(
+        default=False, metadata={"help": "start α at the pretrained members' (geometric mean), not at --init-alpha"}
+    )
+    online_cql_alpha: float = field(
+        default=0.0, metadata={"help": "weight of a CQL(H) term kept in the online critic loss; 0: none (the paper)"}
+    )
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.actor_delay < 0 or self.actor_ramp < 0 or self.online_cql_alpha < 0:
+            raise ValueError("actor_delay, actor_ramp and online_cql_alpha must not be negative")
+
+    def actor_scale(self, update: int) -> float:
+        """The actor's learning-rate factor at online update `update` (0-based): 0 during the
+        delay, then a linear rise over the ramp, then 1."""
+        if update < self.actor_delay:
+            return 0.0
+        if self.actor_ramp == 0:
+            return 1.0
+        return min(1.0, (update - self.actor_delay + 1) / self.actor_ramp)
 
 
 class OnlineLearner:
@@ -77,11 +102,15 @@ class OnlineLearner:
             replay.online_capacity, spec.image_shape, spec.state_dim, agent.action_spec.dim, feature_dim
         )
         self.replay = Replay(replay, online, offline, warmup=config.warmup, seed=seed)
-        self.sac = EnsembleSAC(agent, sac, policy="mixture", cql=None, train_encoder=not config.freeze_encoder)
+        cql = CQLConfig(alpha=config.online_cql_alpha) if config.online_cql_alpha > 0 else None
+        self.sac = EnsembleSAC(agent, sac, policy="mixture", cql=cql, train_encoder=not config.freeze_encoder)
         self.ratio = None
         if replay.mode == "balanced":
             self.ratio = DensityRatioEstimator(
-                agent.feature_dim + agent.action_spec.dim, config.ratio_hidden, config.ratio_lr, self.device
+                agent.feature_dim + agent.state_dim + agent.action_spec.dim,
+                config.ratio_hidden,
+                config.ratio_lr,
+                self.device,
             )
 
     # -- the narrow surface ------------------------------------------------------------------
@@ -113,7 +142,8 @@ class OnlineLearner:
         metrics = {}
         if self.ratio is not None:
             metrics.update(self._update_ratio_and_priorities(indices, data))
-        metrics.update(self.sac.update(Batch.from_numpy(data, self.device)))
+        scale = self.config.actor_scale(self.train_step)
+        metrics.update(self.sac.update(Batch.from_numpy(data, self.device), actor_scale=scale))
         metrics["replay/offline_fraction"] = float(self.replay.is_offline(indices).mean())
         self.train_step += 1
         return metrics
@@ -152,9 +182,15 @@ class OnlineLearner:
         return metrics
 
     def _ratio_input(self, data: dict[str, np.ndarray]) -> torch.Tensor:
+        """(encoder features, normalised proprioception, action): the ratio tells online from
+        offline data by everything the critics see, the arm's pose included."""
         obs = torch.as_tensor(data["obs"], device=self.device)
-        features = obs.float() if self.config.freeze_encoder else self._encode_tensor(obs)
-        return torch.cat([features, torch.as_tensor(data["action"], device=self.device)], dim=-1)
+        parts = [obs.float() if self.config.freeze_encoder else self._encode_tensor(obs)]
+        state = self.agent.state_input(torch.as_tensor(data["state"], device=self.device))
+        if state is not None:
+            parts.append(state)
+        parts.append(torch.as_tensor(data["action"], device=self.device))
+        return torch.cat(parts, dim=-1)
 
     def _encode(self, images: np.ndarray) -> np.ndarray:
         return self._encode_tensor(torch.as_tensor(images, device=self.device)).cpu().numpy().astype(np.float16)
@@ -162,6 +198,11 @@ class OnlineLearner:
     @torch.no_grad()
     def _encode_tensor(self, images: torch.Tensor) -> torch.Tensor:
         return self.agent.flat_features(images)
+
+    def start_alpha(self, alpha: float) -> None:
+        """Start the mixture's temperature at `alpha` (carried over from pretraining)."""
+        with torch.no_grad():
+            self.sac.log_alpha.fill_(math.log(alpha))
 
     def state_dict(self) -> dict:
         state = {"sac": self.sac.state_dict(), "train_step": self.train_step}

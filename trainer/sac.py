@@ -8,7 +8,9 @@ Two ways to use the N members, chosen by `policy`:
 - "mixture": the ensemble agent of Lee et al. 2021 (online fine-tuning). It acts with the
   Gaussian that moment-matches the members' mixture; its actor maximises the mean over members
   of each member's min-twin Q; every member's critic keeps its own target network and TD
-  target, bootstrapped with actions from the mixture; one temperature for the mixture.
+  target, bootstrapped with actions from the mixture (`next_action="member"`: from each
+  member's own policy, as in pretraining); one temperature for the mixture. A CQL config
+  keeps the regulariser online too (a small weight; the paper drops it).
 
 The critic loss trains the encoder (when it is trainable); the actor sees detached features,
 as in DrQ-v2, except in pretraining's cloning steps, whose loss reaches the encoder too.
@@ -26,6 +28,8 @@ from trainer.agent import EnsembleAgent
 from trainer.cql import CQLConfig, cql_gap
 from trainer.distributions import moment_match, sample_tanh_gaussian
 
+NEXT_ACTIONS = ("mixture", "member")
+
 
 @dataclass(frozen=True)
 class SACConfig:
@@ -41,10 +45,16 @@ class SACConfig:
     target_entropy: float | None = None  # None: −(action dimensions), the SAC heuristic
     augment_pad: int = 4  # random-shift pixels; 0 turns augmentation off
     backup_entropy: bool = True  # the soft TD target (SAC, the paper's online phase); False drops −α log π there
+    next_action: str = field(
+        default="mixture",
+        metadata={"help": "online TD targets bootstrap with the mixture's action (the paper) or each member's own"},
+    )
 
     def __post_init__(self) -> None:
         if self.n_step < 1:
             raise ValueError(f"n_step must be at least 1, got {self.n_step}")
+        if self.next_action not in NEXT_ACTIONS:
+            raise ValueError(f"next_action must be one of {', '.join(NEXT_ACTIONS)}, got {self.next_action!r}")
 
 
 @dataclass
@@ -105,10 +115,20 @@ class EnsembleSAC:
         action, log_prob = sample_tanh_gaussian(*moment_match(mean, log_std))
         return action.expand(mean.shape[0], -1, -1), log_prob.unsqueeze(0)
 
-    def update(self, batch: Batch, clone_data: bool = False) -> dict[str, float]:
+    def _sample_next(self, mean: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The TD target's next actions: the acting policy's, or each member's own."""
+        if self.config.next_action == "member":
+            return sample_tanh_gaussian(mean, log_std)
+        return self._sample(mean, log_std)
+
+    def update(self, batch: Batch, clone_data: bool = False, actor_scale: float = 1.0) -> dict[str, float]:
         """One step of critics, actors and temperatures. With `clone_data` (pretraining's first
         `bc_steps`) the actors regress the data's actions instead of maximising Q, and that loss
-        trains the encoder too, which then locates the object long before the critic alone would."""
+        trains the encoder too, which then locates the object long before the critic alone would.
+
+        `actor_scale` multiplies the actor's learning rate for this step: 0 trains the critics
+        alone (actor and temperature untouched), so that fine-tuning can let the critics settle
+        on the online target before the policy follows them."""
         if clone_data and self.policy_mode != "members":
             raise ValueError("cloning the data's actions is a step of offline pretraining (policy='members')")
         agent, cfg = self.agent, self.config
@@ -121,7 +141,7 @@ class EnsembleSAC:
         with torch.no_grad():
             next_features = agent.features(batch.next_obs, pad)
             next_policy = agent.actor(next_features, next_state)
-            next_action, next_log_prob = self._sample(*next_policy)
+            next_action, next_log_prob = self._sample_next(*next_policy)
             next_q = agent.critic_target(next_features, next_state, next_action).min(dim=1).values  # [N, B]
             if cfg.backup_entropy:
                 next_q = next_q - alpha * next_log_prob
@@ -156,7 +176,15 @@ class EnsembleSAC:
             self.actor_optimizer.step()
             with torch.no_grad():
                 action, log_prob = self._sample(mean, log_std)
+        elif actor_scale <= 0.0:
+            with torch.no_grad():
+                action, log_prob = self._sample(mean, log_std)
+            metrics.update(alpha=self.log_alpha.exp().mean().item(), entropy=-log_prob.mean().item(), actor_scale=0.0)
+            self._update_targets()
+            return metrics
         else:
+            for group in self.actor_optimizer.param_groups:
+                group["lr"] = cfg.actor_lr * actor_scale
             action, log_prob = self._sample(mean, log_std)
             agent.critic.requires_grad_(False)
             q_policy = agent.critic(features.detach(), state, action).min(dim=1).values  # [N, B]
@@ -173,15 +201,19 @@ class EnsembleSAC:
         alpha_loss.backward()
         self.alpha_optimizer.step()
 
-        with torch.no_grad():
-            for target_param, param in zip(agent.critic_target.parameters(), agent.critic.parameters()):
-                target_param.lerp_(param, cfg.tau)
+        self._update_targets()
         metrics.update(
             actor_loss=actor_loss.item() / log_prob.shape[0],
             alpha=self.log_alpha.exp().mean().item(),
             entropy=-log_prob.mean().item(),
+            actor_scale=actor_scale,
         )
         return metrics
+
+    @torch.no_grad()
+    def _update_targets(self) -> None:
+        for target_param, param in zip(self.agent.critic_target.parameters(), self.agent.critic.parameters()):
+            target_param.lerp_(param, self.config.tau)
 
     def _cql_loss(self, gap: torch.Tensor, metrics: dict[str, float]) -> torch.Tensor:
         """gap [N, 2] -> the weighted regulariser; with Lagrange, also steps the multiplier."""
@@ -190,7 +222,9 @@ class EnsembleSAC:
         if self.log_cql_multiplier is None:
             return cql.alpha * gap.sum()
         multiplier = self.log_cql_multiplier.exp().clamp(0.0, 1e6).unsqueeze(-1)  # [N, 1]
-        multiplier_loss = -(multiplier * (cql.alpha * gap.detach() - cql.target_action_gap)).sum()
+        # One multiplier per member serves both twins: its loss averages them (as the CQL
+        # reference's 0.5 * (twin 1 + twin 2)); a sum would double its learning rate.
+        multiplier_loss = -(multiplier * (cql.alpha * gap.detach() - cql.target_action_gap)).mean(dim=1).sum()
         self.cql_multiplier_optimizer.zero_grad(set_to_none=True)
         multiplier_loss.backward()
         self.cql_multiplier_optimizer.step()

@@ -113,13 +113,13 @@ class _Service:
         payload = read_checkpoint(self.run_dir) if config.resume else None
         if payload is not None and payload["kind"] != "serve":
             raise RunError(f"{self.run_dir}: holds a {payload['kind']} run, not a serve run")
-        agent, data = self._agent_and_data(payload, given)
+        agent, data, alpha = self._agent_and_data(payload, given)
         template = _offline_template(data, agent)
         self.episodes: queue.Queue[tuple[Episode, EpisodeRecord]] = queue.Queue()
         # Opened before anything is written: a storage locked by another trainer stops us here.
         self.store = _open_storage(self.run_dir / "storage", template, self.episodes)
         try:
-            self.learner = build_learner(config, agent.to(device), data, pretrained=True)
+            self.learner = build_learner(config, agent.to(device), data, pretrained=True, alpha=alpha)
             if payload is not None:
                 self.learner.load_state_dict(payload["learner"])
             self.dataset = str(Path(data).resolve())
@@ -142,14 +142,15 @@ class _Service:
 
     # ------------------------------------------------------------------ start-up
 
-    def _agent_and_data(self, payload: dict | None, given: set[str]) -> tuple[EnsembleAgent, str]:
-        """A fresh run starts from --init; a resumed one from its own checkpoint."""
+    def _agent_and_data(self, payload: dict | None, given: set[str]) -> tuple[EnsembleAgent, str, float | None]:
+        """A fresh run starts from --init (with its pretrained α); a resumed one from its own
+        checkpoint, whose learner state brings α."""
         if payload is not None:
-            return agent_from_checkpoint(payload), self.config.data or payload["dataset"]
-        agent, data = pretrained_agent(self.config.init, self.config.data, self.config.network, given)
-        if not data:
+            return agent_from_checkpoint(payload), self.config.data or payload["dataset"], None
+        start = pretrained_agent(self.config.init, self.config.data, self.config.network, given)
+        if not start.data:
             raise RunError(f"--init {self.config.init} names no dataset; give --data DIR")
-        return agent, data
+        return start.agent, start.data, start.alpha
 
     def _load_stored(self) -> None:
         """Every episode already in the storage dataset goes into the online replay first. The
