@@ -131,3 +131,12 @@ def test_evaluating_more_often_leaves_the_training_run_unchanged(tmp_path):
     rare, often = (read_checkpoint(tmp_path / name)["agent"] for name in ("rare", "often"))
     for name in rare:
         np.testing.assert_array_equal(rare[name].numpy(), often[name].numpy(), err_msg=name)
+
+
+def test_cal_ql_pretraining_bounds_the_policys_q_values(tmp_path):
+    data = write_reach_dataset(tmp_path / "data", scripted=2, random=2)
+    flags = ["pretrain", "--data", str(data), "--steps", "10", "--eval-every", "0", "--log-every", "5", *SMALL]
+    assert main([*flags, "--out", str(tmp_path / "calql"), "--cal-ql"]) == 0
+    assert main([*flags, "--out", str(tmp_path / "cql")]) == 0
+    assert "cql/bounded_fraction" in read_metrics(tmp_path / "calql")
+    assert "cql/bounded_fraction" not in read_metrics(tmp_path / "cql")

@@ -1,6 +1,7 @@
 """CQL makes Q pessimistic off the data: on a toy dataset it lowers Q on unseen actions
 relative to the dataset's actions, where plain SAC does not."""
 
+import numpy as np
 import pytest
 import torch
 from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
@@ -8,7 +9,9 @@ from trainer_helpers import torch_single_thread  # noqa: F401  (autouse)
 from robot_node.spec import ActionSpec, ObservationSpec
 from trainer.agent import EnsembleAgent
 from trainer.config import FinetuneConfig, PretrainConfig
-from trainer.cql import CQLConfig
+from robot_node.dataset import Episode
+from trainer.cql import CQLConfig, cql_gap
+from trainer.frame_store import FrameStore
 from trainer.networks import NetworkConfig
 from trainer.sac import Batch, EnsembleSAC, SACConfig
 
@@ -126,3 +129,35 @@ def test_cloning_steps_bring_every_members_actions_to_the_datas_and_train_the_en
     assert (actions[False] - DATA_ACTION).abs().mean() > 0.2
     with pytest.raises(ValueError, match="offline pretraining"):
         EnsembleSAC(agent, SACConfig(), policy="mixture").update(batch, clone_data=True)
+
+
+def test_monte_carlo_returns_follow_each_episode_to_its_end():
+    store = FrameStore(20, (8, 8, 3), 0, 4)
+    for rewards, terminal in (([0.0, 0.0, 1.0], True), ([1.0, 0.0], False)):
+        frames = np.zeros((len(rewards) + 1, 8, 8, 3), np.uint8)
+        terminals, truncations = np.zeros(len(rewards), bool), np.zeros(len(rewards), bool)
+        terminals[-1], truncations[-1] = terminal, not terminal
+        states, actions = np.zeros((len(rewards) + 1, 0), np.float32), np.zeros((len(rewards), 4), np.float32)
+        store.add_episode(Episode(frames, states, actions, np.asarray(rewards, np.float32), terminals, truncations))
+    returns = store.monte_carlo_returns(gamma=0.5)
+    np.testing.assert_allclose(returns[:3], [0.25, 0.5, 1.0])  # 0 + 0.5 * (0 + 0.5 * 1)
+    np.testing.assert_allclose(returns[4:6], [1.0, 0.0])  # time-limited: nothing counted beyond
+    assert returns[3] == 0.0 and returns[6] == 0.0  # last frames start no transition
+
+
+def test_cal_ql_raises_the_policys_q_values_to_the_datas_return():
+    torch.manual_seed(0)
+    agent = EnsembleAgent(OBS, ActionSpec(), NET)
+    features = torch.randn(1, 32, agent.feature_dim)
+    embedding = agent.critic.embed(features, None)
+    q = agent.critic.q(embedding, torch.zeros(2, 32, 4))
+    policy = (torch.zeros(2, 32, 4), torch.zeros(2, 32, 4))
+    plain, _ = cql_gap(agent.critic, embedding, q, policy, policy, CQLConfig())
+    bound = torch.full((1, 32), 100.0)  # far above any Q of a fresh critic
+    calibrated, metrics = cql_gap(
+        agent.critic, embedding, q, policy, policy, CQLConfig(calibrated=True), lower_bound=bound
+    )
+    assert metrics["cql/bounded_fraction"] == 1.0
+    assert (calibrated > plain + 50.0).all()  # the bounded policy terms dominate the logsumexp
+    with pytest.raises(ValueError, match="Monte-Carlo"):
+        cql_gap(agent.critic, embedding, q, policy, policy, CQLConfig(calibrated=True))

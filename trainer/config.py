@@ -197,6 +197,7 @@ _CLI_NAMES = {
     ("CQLConfig", "lagrange"): "cql-lagrange",
     ("CQLConfig", "target_action_gap"): "cql-target-gap",
     ("CQLConfig", "lagrange_lr"): "cql-lagrange-lr",
+    ("CQLConfig", "calibrated"): "cal-ql",
     ("SACConfig", "tau"): "target-tau",
     ("NetworkConfig", "encoder"): "encoder",
     ("LearnerConfig", "freeze_encoder"): "freeze-encoder-online",

@@ -104,6 +104,16 @@ class FrameStore:
         self.features = np.zeros((self.capacity, features.shape[1]), np.float16)
         self.features[: len(features)] = features
 
+    def monte_carlo_returns(self, gamma: float) -> np.ndarray:
+        """Every slot's discounted return to the end of its stored episode (0 where no
+        transition starts): the value the data's own behaviour reached from there, Cal-QL's
+        lower bound. A time-limited episode counts no reward beyond its last stored step."""
+        returns = np.zeros(self.capacity, np.float32)
+        for slot in sorted(self.transition_slots(), key=lambda s: self.frame_ids[s], reverse=True):
+            following = 0.0 if self.terminals[slot] else returns[self.next_slot[slot]]
+            returns[slot] = self.rewards[slot] + gamma * following
+        return returns
+
     def transition_slots(self) -> np.ndarray:
         return np.flatnonzero(self.next_slot != NO_TRANSITION)
 

@@ -60,6 +60,7 @@ def pretrain(config: PretrainConfig) -> Path:
         )
 
     members = config.network.ensemble_size if config.member_batches == "independent" else 1
+    mc_returns = store.monte_carlo_returns(config.sac.gamma) if config.cql.calibrated else None
     logger = MetricsLogger(run_dir, append=payload is not None)
     means = RunningMean()
     bar = progress(config.steps, start, "pretrain", "step")
@@ -67,6 +68,8 @@ def pretrain(config: PretrainConfig) -> Path:
         for step in range(start + 1, config.steps + 1):
             slots = store.sample_uniform(members * config.batch_size, rng).reshape(members, config.batch_size)
             data = store.gather(slots, False, config.sac.n_step, config.sac.gamma)
+            if mc_returns is not None:
+                data["mc_return"] = mc_returns[slots]
             metrics = sac.update(Batch.from_numpy(data, device), clone_data=step <= config.bc_steps)
             check_finite(metrics, step)
             means.add(metrics)

@@ -68,6 +68,7 @@ class Batch:
     discount: torch.Tensor  # [M, B]: γ^k for a k-step return, 0 where the task ended (no bootstrap)
     next_obs: torch.Tensor
     next_state: torch.Tensor
+    mc_return: torch.Tensor | None = None  # [M, B]: the data's discounted return from s (Cal-QL's bound)
 
     @classmethod
     def from_numpy(cls, data: dict[str, np.ndarray], device: torch.device) -> Batch:
@@ -161,7 +162,9 @@ class EnsembleSAC:
         loss = critic_loss
         if self.cql is not None:
             policy_at_s = (mean.detach(), log_std.detach())
-            gap, cql_metrics = cql_gap(agent.critic, embedding, q, policy_at_s, next_policy, self.cql)
+            gap, cql_metrics = cql_gap(
+                agent.critic, embedding, q, policy_at_s, next_policy, self.cql, lower_bound=batch.mc_return
+            )
             metrics.update(cql_metrics)
             loss = loss + self._cql_loss(gap, metrics)
         if clone_data:  # one backward pass: the cloning loss reaches the encoder with the critic's
