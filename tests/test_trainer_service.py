@@ -180,6 +180,24 @@ def test_sigterm_keeps_a_checkpoint_and_resume_reloads_stored_episodes_and_pushe
     assert read_metrics(out)["episode/success"][0] == [20, 40, 60]  # one metrics.csv across both runs
 
 
+def test_a_learner_behind_the_robots_says_so_while_it_happens(pretrained, tmp_path):
+    run, data = pretrained
+    out = tmp_path / "serve"
+    # 200 updates allowed per transition: no CPU keeps up, as with a robot far faster than the learner.
+    service, endpoint = start_serve(run, out, "--updates-per-step", "200", "--push-every", "100", "--log-every", "5")
+    robot = open_robot(endpoint, tmp_path / "spool", data)
+    try:
+        send_episodes(robot, data, range(2))  # 40 transitions: 4,200 updates allowed at once
+        wait_for(lambda: "updates behind the robots' data" in service.output(), DEADLINE_S, "the lag warning")
+        assert stop(service, signal.SIGTERM) == 0, service.output()
+    finally:
+        robot.close()
+    line = next(line for line in service.output().splitlines() if "updates behind the robots' data" in line)
+    assert "WARNING" in line and "the robot acts with v1" in line
+    behind = read_metrics(out)["learner/updates_behind"][1]
+    assert behind[-1] > 100  # logged with the episode that arrived
+
+
 def test_user_errors_exit_2_with_one_line(pretrained, tmp_path, capsys):
     run, data = pretrained
     base = ["serve", "--init", str(run), "--insecure", "--bind", "tcp://127.0.0.1:0", "--steps", "1"]

@@ -51,6 +51,7 @@ REPORT_EVERY_S = 30.0  # the progress line without --steps
 WATCH_EVERY_S = 1.0  # how often the robots' weight versions are looked at
 DELIVER_S = 10.0  # at the end, how long connected robots get to confirm the final weights
 RECENT = 20  # episodes in the success rates of the report and the summary
+LAG_WARN_EVERY_S = 30.0  # how often a learner that has fallen behind says so
 
 
 def episode_transitions(episode: Episode, episode_id: str) -> list[Transition]:
@@ -137,6 +138,7 @@ class _Service:
         self.pushes = 0
         self.beyond_steps = 0  # episodes stored after --steps was reached, not trained on
         self.warned: set[str] = set()
+        self.lag_warned_at = -LAG_WARN_EVERY_S
         self.logger = MetricsLogger(self.run_dir, append=payload is not None)
         self.means = RunningMean()
 
@@ -221,10 +223,31 @@ class _Service:
                 self._report(now - last_report, at_report)
                 last_report, at_report = now, (self.received, self.learner.train_step)
 
-    def _may_update(self) -> bool:
+    def _allowed_updates(self) -> int:
         """The update-to-data cap: K updates per transition received after warm-up."""
-        allowed = self.config.updates_per_step * (self.received - self.learner.config.warmup + 1)
-        return self.learner.ready and self.learner.train_step < allowed
+        return max(0, self.config.updates_per_step * (self.received - self.learner.config.warmup + 1))
+
+    def _may_update(self) -> bool:
+        return self.learner.ready and self.learner.train_step < self._allowed_updates()
+
+    def _updates_behind(self) -> int:
+        """Updates the data already allows that the learner has not done: a robot faster than the
+        learner acts with policies this far behind what its data could have taught."""
+        return max(0, self._allowed_updates() - self.learner.train_step) if self.learner.ready else 0
+
+    def _warn_if_behind(self, policy: int) -> None:
+        """Say so while it happens when the learner lags the robots by more than a push interval."""
+        behind = self._updates_behind()
+        now = time.monotonic()
+        if behind <= self.config.push_every or now - self.lag_warned_at < LAG_WARN_EVERY_S:
+            return
+        self.lag_warned_at = now
+        age = f"v{policy}, {self.pushed - policy} pushes behind v{self.pushed}" if self.pushed is not None else f"v{policy}"
+        log.warning(
+            "learner is %d updates behind the robots' data (more than --push-every %d); the robot acts with %s. "
+            "Slow the robot, or give the trainer more CPU or a GPU",
+            behind, self.config.push_every, age,
+        )
 
     def _take_arrived(self) -> None:
         while True:
@@ -259,8 +282,11 @@ class _Service:
                 "episode/success": success,
                 "episode/length": record.length,
                 "episode/policy_version": policy,
+                "episode/policy_age": self.pushed - policy if self.pushed is not None and policy >= 0 else 0,
+                "learner/updates_behind": self._updates_behind(),
             },
         )
+        self._warn_if_behind(policy)
         log.info(
             "episode %d from robot %s: %d steps, return %.2f, success %d, policy v%d",
             len(self.successes), record.robot_id, record.length, record.episode_return, success, policy,
@@ -279,7 +305,9 @@ class _Service:
         if step % self.config.log_every == 0:
             self.logger.log(self.received, {**self.means.pop(), "updates": step})
             if self.bar is not None:
-                self.bar.set_postfix(updates=step, version=self.pushed, success=f"{self._recent():.2f}")
+                self.bar.set_postfix(
+                    updates=step, behind=self._updates_behind(), version=self.pushed, success=f"{self._recent():.2f}"
+                )
         if step % self.config.push_every == 0:
             self._push()  # checkpoints too
         elif step % self.config.checkpoint_every == 0:
@@ -348,10 +376,11 @@ class _Service:
     def _report(self, seconds: float, at_report: tuple[int, int]) -> None:
         status = self.server.status()
         log.info(
-            "serve: %.1f transitions/s received, %.2f updates/s, %d robots connected, pushed %s, "
-            "success of the last %d episodes %.2f",
+            "serve: %.1f transitions/s received, %.2f updates/s, %d updates behind the data, %d robots connected, "
+            "pushed %s, success of the last %d episodes %.2f",
             (self.received - at_report[0]) / seconds, (self.learner.train_step - at_report[1]) / seconds,
-            len(status["robots"]), f"v{self.pushed}" if self.pushed is not None else "nothing yet", RECENT, self._recent(),
+            self._updates_behind(), len(status["robots"]), f"v{self.pushed}" if self.pushed is not None else "nothing yet",
+            RECENT, self._recent(),
         )
 
     def _summary(self, seconds: float, link: dict) -> None:
