@@ -1,4 +1,4 @@
-"""`o2o-trainer`: pretrain, finetune-local, serve, export, plot.
+"""`o2o-trainer`: pretrain, finetune-local, serve, export, plot, study.
 
 User errors (bad dataset, bad run directory, wrong flags) end with exit status 2 and one line
 naming the problem; anything else is a bug and keeps its traceback.
@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="draw learning curves of runs to a PNG")
     plot.add_argument("runs", type=Path, nargs="+", metavar="RUN")
     plot.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    study = commands.add_parser(
+        "study", help="run a grid of finetune-local runs from a YAML spec (resumable) and tabulate their success"
+    )
+    study.add_argument("spec", type=Path, nargs="?", metavar="SPEC", help="the study's YAML spec (README)")
+    study.add_argument("--out", type=Path, help="study directory: runs/, spec.yaml, study.json, study.md, study.png")
+    study.add_argument("--workers", type=int, default=1, help="runs at once, one torch thread each (default: 1)")
+    study.add_argument(
+        "--report", type=Path, metavar="DIR", help="rewrite DIR's study.json, .md and .png from its finished runs"
+    )
     return parser
 
 
@@ -73,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
 
             run = serve(config, given)  # stdout carries only its "listening on" line, for a parent process
             logging.getLogger("trainer.service").info("fine-tuned ensemble in %s; summary in %s", run, run / "summary.json")
+        elif args.command == "study":
+            from trainer.study import study
+
+            return study(args.spec, args.out, args.workers, args.report)
         elif args.command == "export":
             _export(args.run, args.out, args.version)
         else:
