@@ -279,7 +279,7 @@ class Job:
 
 def plan(spec: Spec, root: Path) -> list[Job]:
     """Every run of the study, each after the one it needs: per task its collection (if any),
-    the distinct pretrainings, then the fine-tunes. Paths are absolute, so that a study can be
+    then seed by seed the distinct pretrainings and the fine-tunes that start from them. Paths are absolute, so that a study can be
     continued from another working directory with the same `data`."""
     root = root.absolute()
     python = [sys.executable, "-m"]
@@ -293,8 +293,8 @@ def plan(spec: Spec, root: Path) -> list[Job]:
             jobs.append(collect)
         common = pretrain_flags(spec, Variant("", {}, {}))
         pretrains: dict[tuple[int, tuple[str, ...]], Job] = {}
-        finetunes = []
-        for seed in spec.seeds:
+        for seed in spec.seeds:  # seed by seed: a partial study has whole seeds to show early
+            finetunes = []
             for cell in cells(spec):
                 flags = pretrain_flags(spec, cell.variant)
                 identity = (seed, tuple(_args(flags)))
@@ -304,6 +304,7 @@ def plan(spec: Spec, root: Path) -> list[Job]:
                     argv = [*python, "trainer.cli", "pretrain", "--data", str(data), "--out", str(run)]
                     argv += ["--seed", str(seed), "--threads", "1", *_args(flags)]
                     pretrains[identity] = Job(f"{task.name}/pretrain/{name}", "pretrain", run, argv, needs=collect)
+                    jobs.append(pretrains[identity])
                 pre = pretrains[identity]
                 axes: Flags = {"replay": cell.replay} | ({"ensemble-size": str(cell.size)} if cell.size else {})
                 run = finetune_dir(root, task.name, cell.key, seed)
@@ -311,7 +312,7 @@ def plan(spec: Spec, root: Path) -> list[Job]:
                 argv += ["--out", str(run), "--seed", str(seed), "--threads", "1"]
                 argv += _args(spec.finetune | axes | cell.variant.finetune)
                 finetunes.append(Job(f"{task.name}/{cell.key}/seed{seed}", "finetune", run, argv, needs=pre))
-        jobs += [*pretrains.values(), *finetunes]
+            jobs += finetunes
     return jobs
 
 
