@@ -81,6 +81,9 @@ def test_seeds_aggregate_into_means_the_worst_seed_and_a_curve_over_common_steps
     assert steps == (0, 100, 200)
     assert means == pytest.approx((0.6, 0.575, 0.9)) and stds == pytest.approx((0.1, 0.325, 0.1))
     assert row["steps_to_90"] == 200  # the mean reaches 0.9 at 200 (seed 1 alone reached it at 100)
+    # Against each seed's own start: seed 0 -0.25 then +0.5, seed 1 +0.2 then +0.1.
+    _, change, change_std = zip(*row["change_curve"])
+    assert change == pytest.approx((0.0, -0.025, 0.3)) and change_std == pytest.approx((0.0, 0.225, 0.2))
     assert row["per_seed"][1] == {"pretrained": 0.7, "lowest": 0.8, "worst_drop": 0.0, "final": 1.0, "auc": 0.85}
     assert aggregate({0: [(0, 0.5), (50, 0.85)], 1: [(0, 0.5), (50, 0.95)]})["steps_to_90"] == 50
     assert aggregate({0: SEED0, 1: [(0, 0.1), (100, 0.2), (200, 0.3)]})["steps_to_90"] is None

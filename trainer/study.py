@@ -550,6 +550,8 @@ def aggregate(
     steps = sorted(set.intersection(*(set(table) for table in tables)))
     values = np.array([[table[step] for table in tables] for step in steps], float).reshape(len(steps), len(tables))
     mean, std = values.mean(axis=1), values.std(axis=1)
+    # Each seed against its own pretrained level: seeds that start apart hide a dip in the mean.
+    change = values - np.array([per_seed[seed]["pretrained"] for seed in curves])
     reached = next((step for step, m in zip(steps, mean) if m >= THRESHOLD - 1e-9), None)
     seeds = list(per_seed.values())
     result = {
@@ -561,6 +563,9 @@ def aggregate(
         "auc": _round(np.mean([s["auc"] for s in seeds])),
         "steps_to_90": reached,
         "curve": [[step, _round(m), _round(s)] for step, m, s in zip(steps, mean, std)],
+        "change_curve": [
+            [step, _round(m), _round(s)] for step, m, s in zip(steps, change.mean(axis=1), change.std(axis=1))
+        ],
         "per_seed": {seed: {k: None if v is None else _round(v) for k, v in s.items()} for seed, s in per_seed.items()},
     }
     if offline:
@@ -671,26 +676,29 @@ def markdown(study: dict[str, Any]) -> str:
 
 def plot_study(study: dict[str, Any], out: Path) -> Path:
     """study.png: per task, mean ± std success against online steps per row of the table with
-    the pretrained level dashed; below, where logged, the offline share of each batch."""
+    the pretrained level dashed; below it each seed's change from its own pretrained level
+    (mean ± std: where a dip shows, whatever level each seed started at); at the bottom, where
+    logged, the offline share of each batch."""
     tasks = study["tasks"]
     shares = any("offline_fraction" in row for task in tasks.values() for row in task["variants"].values())
-    rows = 2 if shares else 1
+    rows = 3 if shares else 2
     fig, axes = plt.subplots(rows, len(tasks), figsize=(6 * len(tasks), 4 * rows), squeeze=False)
     for col, (name, task) in enumerate(tasks.items()):
-        top = axes[0, col]
+        top, middle = axes[0, col], axes[1, col]
         for key, row in task["variants"].items():
-            steps, mean, std = (np.asarray(v) for v in zip(*row["curve"]))
-            (line,) = top.plot(steps, mean, marker=".", label=f"{key} ({row['seeds']} seeds)")
-            top.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            line = _band(top, row["curve"], f"{key} ({row['seeds']} seeds)")
+            _band(middle, row.get("change_curve", []), key, line.get_color())
             if shares and "offline_fraction" in row:
-                axes[1, col].plot(*zip(*row["offline_fraction"]), marker=".", color=line.get_color(), label=key)
+                axes[2, col].plot(*zip(*row["offline_fraction"]), marker=".", color=line.get_color(), label=key)
         if task["pretrained"] is not None:
             top.axhline(task["pretrained"], color="grey", linestyle="--", label=f"pretrained {task['pretrained']:.2f}")
+        middle.axhline(0.0, color="grey", linestyle="--")
         top.set(title=f"{name}: evaluation success (mean ± std)", xlabel="online env steps", ylim=(-0.05, 1.05))
+        middle.set(title=f"{name}: success minus the seed's pretrained success", xlabel="online env steps")
         if top.get_legend_handles_labels()[0]:
             top.legend(fontsize="small")
         if shares:
-            axes[1, col].set(
+            axes[2, col].set(
                 title=f"{name}: offline share of each batch", xlabel="online env steps", ylim=(-0.05, 1.05)
             )
         for ax in axes[:, col]:
@@ -699,6 +707,14 @@ def plot_study(study: dict[str, Any], out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _band(ax: Any, curve: list[list[float]], label: str, color: str | None = None) -> Any:
+    """A mean line with its ± std band from [[step, mean, std], ...]."""
+    steps, mean, std = (np.asarray(v) for v in zip(*curve)) if curve else (np.zeros(0),) * 3
+    (line,) = ax.plot(steps, mean, marker=".", label=label, color=color)
+    ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    return line
 
 
 def write_report(spec: Spec, root: Path, wall_seconds: float) -> dict[str, Any]:
