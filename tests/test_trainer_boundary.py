@@ -140,3 +140,18 @@ def test_cal_ql_pretraining_bounds_the_policys_q_values(tmp_path):
     assert main([*flags, "--out", str(tmp_path / "cql")]) == 0
     assert "cql/bounded_fraction" in read_metrics(tmp_path / "calql")
     assert "cql/bounded_fraction" not in read_metrics(tmp_path / "cql")
+
+
+def test_members_online_policy_trains_each_member_with_its_own_temperature(tmp_path):
+    learner = make_learner(tmp_path)
+    learner.config = dataclasses.replace(learner.config, policy="members")
+    learner = type(learner)(
+        learner.agent, learner.config, learner.sac.config, learner.replay.config, learner.replay.offline
+    )
+    assert learner.sac.policy_mode == "members" and learner.sac.log_alpha.shape == (2,)
+    for step in range(31):
+        learner.add_transition(transition(step, last=step == 30))
+    actor = snapshot(learner.agent.actor)
+    assert learner.update() is not None and changed(actor, learner.agent.actor)
+    with pytest.raises(ValueError, match="policy"):
+        LearnerConfig(policy="average")

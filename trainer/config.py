@@ -201,6 +201,7 @@ _CLI_NAMES = {
     ("SACConfig", "tau"): "target-tau",
     ("NetworkConfig", "encoder"): "encoder",
     ("LearnerConfig", "freeze_encoder"): "freeze-encoder-online",
+    ("LearnerConfig", "policy"): "online-policy",
 }
 _CHOICES = {
     ("ReplayConfig", "mode"): REPLAY_MODES,
@@ -208,6 +209,7 @@ _CHOICES = {
     ("SACConfig", "next_action"): NEXT_ACTIONS,
     ("PretrainConfig", "member_batches"): ("independent", "shared"),
     ("LearnerConfig", "strategy"): STRATEGIES,
+    ("LearnerConfig", "policy"): ("mixture", "members"),
     ("PretrainConfig", "preset"): tuple(PRESETS[PretrainConfig]),
     ("FinetuneConfig", "preset"): tuple(PRESETS[FinetuneConfig]),
     ("ServeConfig", "preset"): tuple(PRESETS[ServeConfig]),

@@ -60,10 +60,19 @@ class LearnerConfig:
     online_cql_alpha: float = field(
         default=0.0, metadata={"help": "weight of a CQL(H) term kept in the online critic loss; 0: none (the paper)"}
     )
+    policy: str = field(
+        default="mixture",
+        metadata={
+            "help": "mixture: one actor loss through the members' moment-matched mixture (the paper); members: "
+            "each member's actor follows its own critic with its own α, as in pretraining (acting stays the mixture)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.policy not in ("mixture", "members"):
+            raise ValueError(f"policy must be 'mixture' or 'members', got {self.policy!r}")
         if self.actor_delay < 0 or self.actor_ramp < 0 or self.online_cql_alpha < 0:
             raise ValueError("actor_delay, actor_ramp and online_cql_alpha must not be negative")
 
@@ -103,7 +112,7 @@ class OnlineLearner:
         )
         self.replay = Replay(replay, online, offline, warmup=config.warmup, seed=seed)
         cql = CQLConfig(alpha=config.online_cql_alpha) if config.online_cql_alpha > 0 else None
-        self.sac = EnsembleSAC(agent, sac, policy="mixture", cql=cql, train_encoder=not config.freeze_encoder)
+        self.sac = EnsembleSAC(agent, sac, policy=config.policy, cql=cql, train_encoder=not config.freeze_encoder)
         self.ratio = None
         if replay.mode == "balanced":
             self.ratio = DensityRatioEstimator(
