@@ -155,3 +155,22 @@ def test_members_online_policy_trains_each_member_with_its_own_temperature(tmp_p
     assert learner.update() is not None and changed(actor, learner.agent.actor)
     with pytest.raises(ValueError, match="policy"):
         LearnerConfig(policy="average")
+
+
+def test_a_cloning_term_pulls_the_actor_towards_the_batchs_actions(tmp_path):
+    def distance_after(bc_weight: float) -> float:
+        torch.manual_seed(0)
+        learner = filled_learner(tmp_path / str(bc_weight))
+        learner.sac.config = dataclasses.replace(learner.sac.config, bc_weight=bc_weight, actor_lr=1e-2)
+        for group in learner.sac.actor_optimizer.param_groups:
+            group["lr"] = 1e-2
+        for _ in range(20):
+            metrics = learner.update()
+        assert ("actor_cloning" in metrics) == (bc_weight > 0)
+        data = learner.replay.offline.gather(np.arange(20), True)
+        with torch.no_grad():
+            features = learner.agent.features(torch.as_tensor(data["obs"])[None])
+            mean, _ = learner.agent.policy(features, torch.as_tensor(data["state"])[None])
+        return float((torch.tanh(mean) - torch.as_tensor(data["action"])).square().mean())
+
+    assert distance_after(10.0) < distance_after(0.0)

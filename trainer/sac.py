@@ -45,6 +45,13 @@ class SACConfig:
     target_entropy: float | None = None  # None: −(action dimensions), the SAC heuristic
     augment_pad: int = 4  # random-shift pixels; 0 turns augmentation off
     backup_entropy: bool = True  # the soft TD target (SAC, the paper's online phase); False drops −α log π there
+    bc_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of a cloning term in the actor loss, (tanh(mean) - a)² on the batch's actions, scaled by "
+            "mean |Q| as in TD3+BC (0.4 there is its α = 2.5); 0: none"
+        },
+    )
     next_action: str = field(
         default="mixture",
         metadata={"help": "online TD targets bootstrap with the mixture's action (the paper) or each member's own"},
@@ -195,6 +202,10 @@ class EnsembleSAC:
             if self.policy_mode == "mixture":
                 q_policy = q_policy.mean(dim=0, keepdim=True)  # the ensemble's Q: mean over members
             actor_loss = (alpha * log_prob - q_policy).mean(dim=-1).sum()
+            if cfg.bc_weight > 0:  # every member's mean action near the data's, in Q's units
+                cloning = (torch.tanh(mean) - batch.action).square().mean(dim=(-2, -1)).sum()
+                metrics["actor_cloning"] = cloning.item() / mean.shape[0]
+                actor_loss = actor_loss + cfg.bc_weight * q_policy.abs().mean().detach() * cloning
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.actor_optimizer.step()
