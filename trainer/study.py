@@ -685,8 +685,9 @@ def plot_study(study: dict[str, Any], out: Path) -> Path:
     fig, axes = plt.subplots(rows, len(tasks), figsize=(6 * len(tasks), 4 * rows), squeeze=False)
     for col, (name, task) in enumerate(tasks.items()):
         top, middle = axes[0, col], axes[1, col]
-        for key, row in task["variants"].items():
-            line = _band(top, row["curve"], f"{key} ({row['seeds']} seeds)")
+        colours = plt.get_cmap("tab10" if len(task["variants"]) <= 10 else "tab20")
+        for i, (key, row) in enumerate(task["variants"].items()):
+            line = _band(top, row["curve"], f"{key} ({row['seeds']} seeds)", colours(i % colours.N))
             _band(middle, row.get("change_curve", []), key, line.get_color())
             if shares and "offline_fraction" in row:
                 axes[2, col].plot(*zip(*row["offline_fraction"]), marker=".", color=line.get_color(), label=key)
