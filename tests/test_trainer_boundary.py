@@ -16,7 +16,7 @@ from trainer.checkpoint import read_checkpoint
 from trainer.cli import main
 from trainer.config import FinetuneConfig
 from trainer.finetune import evaluation_due
-from trainer.learner import LearnerConfig
+from trainer.learner import LearnerConfig, OnlineLearner
 from trainer.metrics import read_metrics
 from trainer.online import pretrained_agent
 
@@ -27,6 +27,13 @@ def filled_learner(tmp_path, **learner_changes):
     for step in range(12):
         learner.add_transition(transition(step, last=step == 11))
     return learner
+
+
+def rebuilt_learner(tmp_path, **learner_changes) -> OnlineLearner:
+    """A learner built with these LearnerConfig fields changed (those its constructor reads)."""
+    base = make_learner(tmp_path)
+    config = dataclasses.replace(base.config, **learner_changes)
+    return OnlineLearner(base.agent, config, base.sac.config, base.replay.config, base.replay.offline)
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -83,11 +90,7 @@ def test_each_members_next_action_changes_the_target(tmp_path):
 def test_online_cql_adds_its_term_only_when_asked(tmp_path):
     plain = make_learner(tmp_path / "plain")
     assert plain.sac.cql is None
-    learner = make_learner(tmp_path / "cql")
-    learner.config = dataclasses.replace(learner.config, online_cql_alpha=0.5)
-    learner = type(learner)(
-        learner.agent, learner.config, learner.sac.config, learner.replay.config, learner.replay.offline
-    )
+    learner = rebuilt_learner(tmp_path / "cql", online_cql_alpha=0.5)
     assert learner.sac.cql is not None and learner.sac.cql.alpha == 0.5
     for step in range(31):
         learner.add_transition(transition(step, last=step == 30))
@@ -143,11 +146,7 @@ def test_cal_ql_pretraining_bounds_the_policys_q_values(tmp_path):
 
 
 def test_members_online_policy_trains_each_member_with_its_own_temperature(tmp_path):
-    learner = make_learner(tmp_path)
-    learner.config = dataclasses.replace(learner.config, policy="members")
-    learner = type(learner)(
-        learner.agent, learner.config, learner.sac.config, learner.replay.config, learner.replay.offline
-    )
+    learner = rebuilt_learner(tmp_path, policy="members")
     assert learner.sac.policy_mode == "members" and learner.sac.log_alpha.shape == (2,)
     for step in range(31):
         learner.add_transition(transition(step, last=step == 30))

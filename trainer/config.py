@@ -22,7 +22,7 @@ from trainer.cql import CQLConfig
 from trainer.learner import STRATEGIES, LearnerConfig
 from trainer.networks import NetworkConfig
 from trainer.replay import REPLAY_MODES, ReplayConfig
-from trainer.sac import NEXT_ACTIONS, SACConfig
+from trainer.sac import NEXT_ACTIONS, POLICIES, SACConfig
 
 _PRESET_HELP = "paper | cpu: the defaults that the other flags override (README)"
 _THREADS_HELP = "CPU threads for torch; 0: torch's default. Where other processes share the cores, 1 is fastest"
@@ -209,7 +209,7 @@ _CHOICES = {
     ("SACConfig", "next_action"): NEXT_ACTIONS,
     ("PretrainConfig", "member_batches"): ("independent", "shared"),
     ("LearnerConfig", "strategy"): STRATEGIES,
-    ("LearnerConfig", "policy"): ("mixture", "members"),
+    ("LearnerConfig", "policy"): POLICIES,
     ("PretrainConfig", "preset"): tuple(PRESETS[PretrainConfig]),
     ("FinetuneConfig", "preset"): tuple(PRESETS[FinetuneConfig]),
     ("ServeConfig", "preset"): tuple(PRESETS[ServeConfig]),

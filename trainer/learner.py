@@ -30,7 +30,7 @@ from trainer.density_ratio import DensityRatioEstimator, priorities
 from trainer.export import export_onnx
 from trainer.frame_store import FrameStore
 from trainer.replay import Replay, ReplayConfig
-from trainer.sac import Batch, EnsembleSAC, SACConfig
+from trainer.sac import POLICIES, Batch, EnsembleSAC, SACConfig
 
 STRATEGIES = ("pessimistic_ensemble",)  # BRED and REDQ+adaptive BC would be further entries
 
@@ -71,8 +71,8 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if self.policy not in ("mixture", "members"):
-            raise ValueError(f"policy must be 'mixture' or 'members', got {self.policy!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.actor_delay < 0 or self.actor_ramp < 0 or self.online_cql_alpha < 0:
             raise ValueError("actor_delay, actor_ramp and online_cql_alpha must not be negative")
 
@@ -209,7 +209,8 @@ class OnlineLearner:
         return self.agent.flat_features(images)
 
     def start_alpha(self, alpha: float) -> None:
-        """Start the mixture's temperature at `alpha` (carried over from pretraining)."""
+        """Start every temperature (the mixture's, or each member's) at `alpha`, carried over
+        from pretraining."""
         with torch.no_grad():
             self.sac.log_alpha.fill_(math.log(alpha))
 

@@ -29,6 +29,7 @@ from trainer.cql import CQLConfig, cql_gap
 from trainer.distributions import moment_match, sample_tanh_gaussian
 
 NEXT_ACTIONS = ("mixture", "member")
+POLICIES = ("mixture", "members")
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,8 @@ class EnsembleSAC:
         cql: CQLConfig | None = None,
         train_encoder: bool = True,
     ) -> None:
-        if policy not in ("members", "mixture"):
-            raise ValueError(f"policy must be 'members' or 'mixture', got {policy!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.agent = agent
         self.config = config
         self.policy_mode = policy

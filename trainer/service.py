@@ -235,14 +235,17 @@ class _Service:
         learner acts with policies this far behind what its data could have taught."""
         return max(0, self._allowed_updates() - self.learner.train_step) if self.learner.ready else 0
 
-    def _warn_if_behind(self, policy: int) -> None:
+    def _policy_age(self, policy: int) -> int:
+        """Pushes between the version an episode was acted with and the newest (0 before any)."""
+        return self.pushed - policy if self.pushed is not None and policy >= 0 else 0
+
+    def _warn_if_behind(self, behind: int, policy: int) -> None:
         """Say so while it happens when the learner lags the robots by more than a push interval."""
-        behind = self._updates_behind()
         now = time.monotonic()
         if behind <= self.config.push_every or now - self.lag_warned_at < LAG_WARN_EVERY_S:
             return
         self.lag_warned_at = now
-        age = f"v{policy}, {self.pushed - policy} pushes behind v{self.pushed}" if self.pushed is not None else f"v{policy}"
+        age = f"v{policy}, {self._policy_age(policy)} pushes behind v{self.pushed}" if self.pushed is not None else f"v{policy}"
         log.warning(
             "learner is %d updates behind the robots' data (more than --push-every %d); the robot acts with %s. "
             "Slow the robot, or give the trainer more CPU or a GPU",
@@ -275,6 +278,7 @@ class _Service:
         self._add(episode, record)
         success = float(record.success)
         policy = int(episode.policy_versions[-1]) if episode.policy_versions is not None else -1
+        behind = self._updates_behind()
         self.logger.log(
             self.received,
             {
@@ -282,11 +286,11 @@ class _Service:
                 "episode/success": success,
                 "episode/length": record.length,
                 "episode/policy_version": policy,
-                "episode/policy_age": self.pushed - policy if self.pushed is not None and policy >= 0 else 0,
-                "learner/updates_behind": self._updates_behind(),
+                "episode/policy_age": self._policy_age(policy),
+                "learner/updates_behind": behind,
             },
         )
-        self._warn_if_behind(policy)
+        self._warn_if_behind(behind, policy)
         log.info(
             "episode %d from robot %s: %d steps, return %.2f, success %d, policy v%d",
             len(self.successes), record.robot_id, record.length, record.episode_return, success, policy,
